@@ -1,0 +1,3 @@
+from lrsearch.cli import main
+
+main()

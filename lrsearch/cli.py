@@ -1,0 +1,215 @@
+"""The ``lrsearch`` command line. Heavy imports happen inside commands, so ``lrsearch --help`` is instant.
+
+Errors reach the terminal as one line, ``error: ...``, with exit code 2 (usage, study file, unknown study) or 1
+(runtime); ``lrsearch --debug ...`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lrsearch import __version__
+from lrsearch.errors import LrsearchError
+
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lrsearch")
+@click.option("--debug", is_flag=True, help="Show tracebacks and Optuna's own logging.")
+def cli(debug: bool) -> None:
+    """Search optimizers, learning rates and betas for a PyTorch task with Optuna."""
+
+
+storage_option = click.option(
+    "--storage", metavar="URL", default=None,
+    help="Optuna storage (default: $LRSEARCH_STORAGE, else sqlite:///lrsearch.db here).",
+)
+format_option = click.option("--format", "fmt", default="table", metavar="table|json", help="Output format.")
+
+
+@cli.command()
+@click.argument("study_file", metavar="STUDY.yaml")
+@click.option("--n-trials", type=int, help="Total trials of the study (complete + pruned).")
+@click.option("--epochs", type=int, help="Epochs per trial.")
+@click.option("--timeout", type=float, metavar="SEC", help="Stop starting trials after this many seconds.")
+@storage_option
+@click.option("--study-name", metavar="NAME", help="Default: the study file's name.")
+@click.option("--sampler", metavar="NAME", help="tpe | gp | cmaes | nsga2 | qmc | random | grid")
+@click.option("--pruner", metavar="NAME", help="none | median | sha | hyperband | wilcoxon")
+@click.option("--seed", type=int, help="Training seed (and sampler seed unless the study file sets one).")
+@click.option("--device", metavar="auto|cpu|cuda", help="Training device.")
+@click.option("--no-progress", is_flag=True, help="No live progress display.")
+def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: float | None, storage: str | None,
+         study_name: str | None, sampler: str | None, pruner: str | None, seed: int | None, device: str | None,
+         no_progress: bool) -> None:
+    """Run a study to its budget; rerun the same command to resume it."""
+    from rich.console import Console
+
+    from lrsearch.report import ProgressDisplay
+    from lrsearch.tuning import Overrides, run_tune
+
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    overrides = Overrides(n_trials=n_trials, epochs=epochs, timeout=timeout, sampler=sampler, pruner=pruner,
+                          seed=seed, device=device)
+    console = Console()
+    progress = ProgressDisplay(Console(stderr=True), enabled=not no_progress)
+    study, ran = run_tune(study_file, overrides, storage=storage, study_name=study_name, observers=[progress])
+    if not ran:
+        console.print(f"study {study.study_name} is finished: its budget of trials is complete")
+    _print_summary(console, study)
+
+
+def _print_summary(console: Any, study: Any) -> None:
+    from lrsearch.export import best_trial, render, trial_config
+    from lrsearch.report import top_trials, trials_table
+
+    console.print(trials_table(study, top_trials(study), title=f"top trials of {study.study_name}"))
+    try:
+        config = trial_config(study, best_trial(study))
+    except LrsearchError as exc:
+        console.print(str(exc))
+        return
+    console.print(f"best optimizer configuration (lrsearch export {study.study_name}):")
+    console.print(render(config, "json"), end="", markup=False, highlight=False)
+
+
+@cli.command()
+@click.argument("study_file", metavar="STUDY.yaml")
+def validate(study_file: str) -> None:
+    """Check a study file: prints "ok", or every problem and exits 2."""
+    from lrsearch.errors import SpecError
+    from lrsearch.spec import load_spec
+
+    try:
+        load_spec(study_file)
+    except SpecError as exc:
+        click.echo(f"{len(exc.problems)} problem{'s' if len(exc.problems) > 1 else ''} in {exc.source}:")
+        for problem in exc.problems:
+            click.echo(f"  - {problem}")
+        sys.exit(exc.exit_code)
+    click.echo("ok")
+
+
+@cli.command()
+@click.argument("name")
+@storage_option
+@format_option
+def show(name: str, storage: str | None, fmt: str) -> None:
+    """Trials of a study: number, state, optimizer, params, value, diverged."""
+    from rich.console import Console
+
+    from lrsearch.report import study_json, trials_table
+    from lrsearch.studies import load_study, storage_url
+
+    _check_format(fmt, ("table", "json"))
+    study = load_study(name, storage_url(storage))
+    if fmt == "json":
+        click.echo(json.dumps(study_json(study), indent=2))
+    else:
+        Console().print(trials_table(study))
+
+
+@cli.command()
+@storage_option
+@format_option
+def studies(storage: str | None, fmt: str) -> None:
+    """Every study in the storage, with trial counts and best value."""
+    from rich.console import Console
+
+    from lrsearch.report import studies_rows, studies_table
+    from lrsearch.studies import storage_url
+
+    _check_format(fmt, ("table", "json"))
+    rows = studies_rows(storage_url(storage))
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        Console().print(studies_table(rows))
+
+
+@cli.command()
+@click.argument("name")
+@storage_option
+@click.option("--format", "fmt", default="json", metavar="json|yaml|python", help="Output format.")
+@click.option("--trial", "trial_number", type=int, help="Export this trial instead of the best one.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
+def export(name: str, storage: str | None, fmt: str, trial_number: int | None, output: str | None) -> None:
+    """The best (or a chosen) trial's optimizer configuration, as JSON, YAML or torch code."""
+    from lrsearch.errors import UsageError
+    from lrsearch.export import FORMATS, best_trial, render, trial_config
+    from lrsearch.studies import load_study, storage_url
+
+    _check_format(fmt, FORMATS)
+    study = load_study(name, storage_url(storage))
+    if trial_number is None:
+        trial = best_trial(study)
+    else:
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
+        if not trials:
+            raise UsageError(f"--trial {trial_number}: study {name!r} has trials 0..{len(study.trials) - 1}")
+        trial = trials[0]
+    text = render(trial_config(study, trial), fmt)
+    if output:
+        Path(output).write_text(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
+    from lrsearch.errors import UsageError
+
+    if fmt not in allowed:
+        raise UsageError(f"--format {fmt!r} is not known (allowed: {', '.join(allowed)})")
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    from lrsearch.tuning import Interrupted
+
+    raise Interrupted()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning every error into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    if debug:
+        os.environ["LRSEARCH_DEBUG"] = "1"
+    try:
+        cli.main(args=args, prog_name="lrsearch", standalone_mode=False)
+    except LrsearchError as exc:
+        _fail(str(exc), exc.exit_code, debug)
+    except click.exceptions.Abort as exc:
+        from lrsearch.tuning import Interrupted
+
+        terminated = isinstance(exc.__cause__, Interrupted)
+        _fail("terminated" if terminated else "interrupted", EXIT_SIGTERM if terminated else EXIT_SIGINT, debug)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code, debug)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt as exc:
+        from lrsearch.tuning import Interrupted
+
+        terminated = isinstance(exc, Interrupted)
+        _fail("terminated" if terminated else "interrupted", EXIT_SIGTERM if terminated else EXIT_SIGINT, debug)
+    except Exception as exc:
+        _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1, debug)
+    sys.exit(0)
+
+
+def _fail(message: str, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)

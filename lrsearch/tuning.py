@@ -1,0 +1,326 @@
+"""``tune``: run a study to its budget — resumable, shareable between workers, with observers for progress and
+tracking.
+
+The budget ``n_trials`` is the study's total of complete + pruned trials: a rerun runs only the remainder, and
+several processes sharing one study stop at exactly ``n_trials`` (a trial starts only if fewer than ``n_trials``
+live or finished trials come before it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lrsearch.errors import SpecError, TrialRuntimeError, UsageError
+from lrsearch.spec import StudySpec, load_spec, spec_from_dict
+
+if TYPE_CHECKING:
+    import optuna
+
+    from lrsearch.tasks import Task
+    from lrsearch.trial_runner import Collective, EpochMetrics, TrainData, TrialOutcome
+
+MAX_CONSECUTIVE_FAILURES = 3
+"""A failing trial is a result, but this many failures in a row means the task itself is broken: stop."""
+POLL_SECONDS = 1.0
+_TAKEN = "budget already taken by other workers"
+
+
+class TuneObserver(Protocol):
+    """Sees a study's progress; the progress display and MLflow tracking are observers. Rank 0 only."""
+
+    def study_started(self, study: optuna.Study, spec: StudySpec) -> None: ...
+
+    def trial_started(self, trial: optuna.Trial, config: dict[str, Any]) -> None: ...
+
+    def epoch_ended(self, trial: optuna.Trial, epoch: EpochMetrics) -> None: ...
+
+    def trial_ended(
+        self, trial: optuna.Trial, state: str, outcome: TrialOutcome | None, error: BaseException | None
+    ) -> None: ...
+
+    def study_ended(self, study: optuna.Study) -> None: ...
+
+
+class _BudgetReached(Exception):
+    """Another worker took the last slot of the budget between our check and our ask."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised where a KeyboardInterrupt would be, so Optuna fails the running trial the same way."""
+
+
+@dataclass
+class Overrides:
+    """Command-line values that replace single fields of the study file."""
+
+    n_trials: int | None = None
+    epochs: int | None = None
+    timeout: float | None = None
+    sampler: str | None = None
+    pruner: str | None = None
+    seed: int | None = None
+    device: str | None = None
+    nproc_per_trial: int | str | None = None
+    lr_range: str | None = None
+
+    def apply(self, spec: StudySpec) -> StudySpec:
+        data = spec.model_dump(mode="json")
+        updates = {
+            ("budget", "n_trials"): self.n_trials, ("budget", "epochs"): self.epochs,
+            ("budget", "timeout"): self.timeout, ("sampler", "name"): self.sampler, ("pruner", "name"): self.pruner,
+            ("train", "seed"): self.seed, ("train", "device"): self.device,
+            ("train", "nproc_per_trial"): self.nproc_per_trial, ("search", "lr_range"): self.lr_range,
+        }
+        for (section, key), value in updates.items():
+            if value is not None:
+                data[section][key] = value
+        if self.seed is not None and data["sampler"].get("seed") is None:
+            data["sampler"]["seed"] = self.seed
+        new = spec_from_dict(data, spec.source or "<study>")
+        new.source = spec.source
+        return new
+
+
+def resolve_spec(spec: StudySpec | str | Path | dict[str, Any], overrides: Overrides | None = None) -> StudySpec:
+    if isinstance(spec, (str, Path)):
+        spec = load_spec(spec)
+    elif isinstance(spec, dict):
+        spec = spec_from_dict(spec)
+    return overrides.apply(spec) if overrides else spec
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"train.device {name!r}: CUDA is not available here (allowed: auto, cpu)")
+    return name
+
+
+def configure_threads(threads: int | None, workers: int = 1) -> int:
+    """Torch CPU threads: the study's ``train.threads``, else this machine's cores divided among the workers.
+
+    Workers on one machine share its cores: oversubscribed threads spin against each other and slow every trial.
+    """
+    import torch
+
+    count = threads or max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(count)
+    return count
+
+
+@dataclass
+class Prepared:
+    """Everything a process loads once and reuses for every trial."""
+
+    spec: StudySpec
+    task: Task
+    data: TrainData
+    device: str
+
+
+def prepare(spec: StudySpec) -> Prepared:
+    """Load the task and its data onto the device once; check the objective metric and batch size against it."""
+    from lrsearch.tasks import load_task
+    from lrsearch.trial_runner import TrainData
+
+    device = resolve_device(spec.train.device)
+    task = load_task(spec)
+    problems = []
+    if spec.objective.metric not in task.metric_names():
+        problems.append(
+            f"objective.metric: {spec.objective.metric!r} is not reported by this task "
+            f"(allowed: {', '.join(task.metric_names())})"
+        )
+    data = TrainData.from_task(task, device)
+    if spec.train.batch_size > len(data.train_x):
+        problems.append(
+            f"train.batch_size: {spec.train.batch_size} is larger than the training set "
+            f"({len(data.train_x)} samples)"
+        )
+    if problems:
+        raise SpecError(spec.source or "<study>", problems)
+    return Prepared(spec, task, data, device)
+
+
+@dataclass
+class Objective:
+    """Optuna's objective: sample a configuration, train it, report every epoch, return the final metric."""
+
+    study: optuna.Study
+    prepared: Prepared
+    observers: list[TuneObserver] = field(default_factory=list)
+    collective: Collective | None = None
+    world_size: int = 1
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        import optuna
+
+        from lrsearch.trial_runner import SINGLE_PROCESS, TrialSettings, train_trial
+
+        spec = self.prepared.spec
+        self._claim_budget_slot(trial)
+        space = spec.search.space().with_lr_ranges(self.study.user_attrs.get("lr_ranges", {}))
+        if spec.sampler.name == "grid":
+            config = space.suggest_grid(trial, spec.search.grid_points)
+        else:
+            config = space.suggest(trial)
+        settings = TrialSettings(spec.budget.epochs, spec.train.batch_size, spec.train.seed)
+        trial.set_user_attr("config", config)
+        trial.set_user_attr("training", {"batch_size": settings.batch_size, "epochs": settings.epochs,
+                                         "world_size": self.world_size, "seed": settings.seed,
+                                         "device": self.prepared.device})
+        for observer in self.observers:
+            observer.trial_started(trial, config)
+        try:
+            outcome = train_trial(self.prepared.task, self.prepared.data, config, settings,
+                                  on_epoch=lambda epoch: self._report(trial, epoch),
+                                  collective=self.collective or SINGLE_PROCESS)
+        except BaseException as exc:
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason)
+            for observer in self.observers:
+                observer.trial_ended(trial, "FAIL", None, exc)
+            raise
+        trial.set_user_attr("optimizer_impl", outcome.implementation)
+        trial.set_user_attr("diverged", outcome.diverged)
+        for name, value in outcome.final.items():
+            trial.set_user_attr(name, value)
+        if outcome.diverged:
+            # The sampler must learn this region is bad: report the worst value at the epoch it blew up.
+            trial.report(math.inf if spec.objective.direction == "minimize" else -math.inf, outcome.stopped_epoch)
+        state = "PRUNED" if outcome.stopped else "COMPLETE"
+        for observer in self.observers:
+            observer.trial_ended(trial, state, outcome, None)
+        if outcome.stopped:
+            raise optuna.TrialPruned(f"{outcome.stopped} at epoch {outcome.stopped_epoch}")
+        return outcome.final[spec.objective.metric]
+
+    def _report(self, trial: optuna.Trial, epoch: EpochMetrics) -> bool:
+        trial.report(epoch.metrics[self.prepared.spec.objective.metric], epoch.epoch)
+        for observer in self.observers:
+            observer.epoch_ended(trial, epoch)
+        return trial.should_prune()
+
+    def _claim_budget_slot(self, trial: optuna.Trial) -> None:
+        import optuna
+
+        live = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+        ahead = sum(1 for t in self.study.get_trials(deepcopy=False, states=live) if t.number < trial.number)
+        if ahead >= self.prepared.spec.budget.n_trials:
+            trial.set_user_attr("fail_reason", _TAKEN)
+            raise _BudgetReached()
+
+
+def run_study(
+    study: optuna.Study, prepared: Prepared, observers: list[TuneObserver] | None = None,
+    collective: Collective | None = None, world_size: int = 1,
+) -> None:
+    """Run trials until the study holds ``n_trials`` complete + pruned trials or the timeout passes.
+
+    Trials of dead processes are failed by Optuna's heartbeat check once stale and retried (up to
+    ``MAX_RETRY`` times); while other processes' trials are still running, this one waits for them.
+    """
+    import optuna
+
+    spec = prepared.spec
+    objective = Objective(study, prepared, list(observers or []), collective, world_size)
+    deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
+    states = optuna.trial.TrialState
+    failures = 0
+    while deadline is None or time.monotonic() < deadline:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        done = sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials)
+        running = sum(t.state == states.RUNNING for t in trials)
+        waiting = sum(t.state == states.WAITING for t in trials)
+        if done >= spec.budget.n_trials:
+            return
+        if done + running + waiting >= spec.budget.n_trials and waiting == 0:
+            time.sleep(POLL_SECONDS)  # the rest of the budget is running elsewhere, or stale and soon retried
+            continue
+        mine: list[optuna.trial.FrozenTrial] = []
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _, t: mine.append(t)])
+        if not mine or mine[0].state != states.FAIL or mine[0].user_attrs.get("fail_reason") == _TAKEN:
+            failures = 0
+            continue
+        failures += 1
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise TrialRuntimeError(
+                f"{failures} trials in a row failed; last, trial {mine[0].number}: {mine[0].user_attrs.get('fail_reason')}"
+            )
+
+
+def run_tune(
+    spec: StudySpec | str | Path | dict[str, Any],
+    overrides: Overrides | None = None,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    observers: list[TuneObserver] | None = None,
+) -> tuple[optuna.Study, bool]:
+    """Validate everything, then create or resume the study and run it; False when it was already finished.
+
+    Nothing is created (no storage file, no study) until the study file, the storage URL and the task have
+    been checked.
+    """
+    from lrsearch.studies import check_storage_url, count_trials, create_study, open_storage, storage_url
+
+    spec = resolve_spec(spec, overrides)
+    url = storage_url(storage)
+    check_storage_url(url)
+    prepared = prepare(spec)
+    study = create_study(spec, open_storage(url), study_name or spec.name)
+    if count_trials(study) >= spec.budget.n_trials:
+        return study, False
+    configure_threads(spec.train.threads)
+    observers = list(observers or [])
+    for observer in observers:
+        observer.study_started(study, spec)
+    try:
+        run_study(study, prepared, observers)
+    finally:
+        for observer in observers:
+            observer.study_ended(study)
+    return study, True
+
+
+def tune(
+    spec: StudySpec | str | Path | dict[str, Any],
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    observers: list[TuneObserver] | None = None,
+    **overrides: Any,
+) -> optuna.Study:
+    """Run (or resume) a study to its budget and return it.
+
+    Args:
+        spec: A study file path, its parsed dict, or a :class:`~lrsearch.spec.StudySpec`.
+        storage: Optuna storage URL; default ``LRSEARCH_STORAGE`` or ``sqlite:///lrsearch.db``.
+        study_name: Defaults to the study file's ``name``.
+        observers: Progress display, tracking: see :class:`TuneObserver`.
+        **overrides: Single fields to replace, as the CLI flags: ``n_trials``, ``epochs``, ``timeout``,
+            ``sampler``, ``pruner``, ``seed``, ``device``.
+
+    Example:
+        >>> study = lrsearch.tune("studies/quadratic.yaml", n_trials=5, storage="sqlite:///quad.db")
+        >>> sorted(study.best_trial.user_attrs["config"])
+        ['optimizer', 'params', 'schedule']
+    """
+    try:
+        options = Overrides(**overrides)
+    except TypeError as exc:
+        raise UsageError(f"tune(): {exc}") from None
+    return run_tune(spec, options, storage=storage, study_name=study_name, observers=observers)[0]
