@@ -23,7 +23,38 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Lrsearch(click.Group):
+    """Runs a command and turns every error into one line on stderr and an exit code."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> None:  # type: ignore[override]
+        args = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in args
+        if debug:
+            os.environ["LRSEARCH_DEBUG"] = "1"
+        extra.pop("standalone_mode", None)
+        try:
+            super().main(args=args, prog_name=prog_name or "lrsearch", standalone_mode=False, **extra)
+        except LrsearchError as exc:
+            _fail(str(exc), exc.exit_code, debug)
+        except click.exceptions.Abort as exc:
+            _interrupted(exc.__cause__, debug)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code, debug)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc, debug)
+        except Exception as exc:
+            _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1, debug)
+        sys.exit(0)
+
+
+def _interrupted(exc: BaseException | None, debug: bool) -> None:
+    from lrsearch.tuning import Interrupted
+
+    terminated = isinstance(exc, Interrupted)
+    _fail("terminated" if terminated else "interrupted", EXIT_SIGTERM if terminated else EXIT_SIGINT, debug)
+
+
+@click.group(cls=_Lrsearch, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lrsearch")
 @click.option("--debug", is_flag=True, help="Show tracebacks and Optuna's own logging.")
 def cli(debug: bool) -> None:
@@ -180,32 +211,8 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning every error into one line and an exit code."""
-    args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
-    if debug:
-        os.environ["LRSEARCH_DEBUG"] = "1"
-    try:
-        cli.main(args=args, prog_name="lrsearch", standalone_mode=False)
-    except LrsearchError as exc:
-        _fail(str(exc), exc.exit_code, debug)
-    except click.exceptions.Abort as exc:
-        from lrsearch.tuning import Interrupted
-
-        terminated = isinstance(exc.__cause__, Interrupted)
-        _fail("terminated" if terminated else "interrupted", EXIT_SIGTERM if terminated else EXIT_SIGINT, debug)
-    except click.ClickException as exc:
-        _fail(exc.format_message(), exc.exit_code, debug)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt as exc:
-        from lrsearch.tuning import Interrupted
-
-        terminated = isinstance(exc, Interrupted)
-        _fail("terminated" if terminated else "interrupted", EXIT_SIGTERM if terminated else EXIT_SIGINT, debug)
-    except Exception as exc:
-        _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1, debug)
-    sys.exit(0)
+    """Entry point of the ``lrsearch`` script and ``python -m lrsearch``."""
+    cli.main(args=argv, prog_name="lrsearch")
 
 
 def _fail(message: str, code: int, debug: bool) -> None:

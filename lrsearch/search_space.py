@@ -212,7 +212,8 @@ def _suggest_one(trial: optuna.Trial, key: str, spec: float | Range, decay_can_b
     low, high = spec.sampled_interval()
     if spec.scale == "log1m":
         head, _, name = key.rpartition(".")
-        one_minus = trial.suggest_float(f"{head}.one_minus_{name}" if head else f"one_minus_{name}", low, high, log=True)
+        one_minus_key = f"{head}.one_minus_{name}" if head else f"one_minus_{name}"
+        one_minus = trial.suggest_float(one_minus_key, low, high, log=True)
         return 1.0 - one_minus
     if low == high:
         return low

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import TaskError
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
     from torch.utils.data import Dataset
 
-    from lrsearch.spec import StudySpec, TaskRef
+    from lrsearch.spec import StudySpec
 
 
 @dataclass
@@ -173,7 +174,8 @@ def import_callable(target: str, field_name: str, study_file: str | None) -> Cal
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure of user code is the user's to see, in one line
-        raise TaskError(f"{field_name} {target!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from exc
+        problem = f"{type(exc).__name__}: {exc}"
+        raise TaskError(f"{field_name} {target!r}: cannot import {module_name!r} ({problem})") from exc
     function = getattr(module, attr, None)
     if function is None:
         raise TaskError(f"{field_name} {target!r}: module {module_name!r} has no attribute {attr!r}")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
 
 DIVERGENCE_FACTOR = 10.0
 """A trial diverges when its loss is non-finite or above this many times its first value."""
-CHECK_EVERY = 25
-"""Steps between divergence checks inside an epoch: each check is one host sync."""
+CHECK_EVERY = 32
+"""Steps between divergence checks (each is one host sync); the first steps, where a too-large lr blows up,
+are checked at steps 1, 2, 4, 8 and 16."""
 
 
 class Collective(Protocol):
@@ -150,26 +152,28 @@ def train_trial(
     scheduler = make_scheduler(config["schedule"], optimizer, steps_per_epoch * settings.epochs)
     outcome = TrialOutcome(implementation)
     first_loss: float | None = None
+    step = 0
 
     for epoch in range(settings.epochs):
         started = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
-        for step, batch in enumerate(_batches(n_train, settings, epoch, collective, device)):
-            indices, weight = batch
+        for indices, weight in _batches(n_train, settings, epoch, collective, device):
             loss = task.loss(model(data.train_x[indices]), data.train_y[indices])
             optimizer.zero_grad(set_to_none=True)
             # Scaled so DDP's gradient average equals the gradient of the global batch's mean loss.
-            (loss * weight).backward()
+            (loss if weight == 1.0 else loss * weight).backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             loss_sum += loss.detach() * len(indices)
             if first_loss is None:
                 first_loss = collective.sum(loss.detach() * weight).item() / collective.world_size
-            elif step % CHECK_EVERY == 0 and collective.any(_diverging(loss.item(), first_loss)):
+            elif (step & (step - 1) == 0 or step % CHECK_EVERY == 0) and \
+                    collective.any(_diverging(loss.item(), first_loss)):
                 outcome.stopped, outcome.stopped_epoch = "diverged", epoch
                 return outcome
+            step += 1
         train_seconds = time.perf_counter() - started
         metrics = {"train_loss": collective.sum(loss_sum).item() / n_train, **_evaluate(task, data, model,
                                                                                         settings, collective)}
@@ -229,6 +233,6 @@ def _evaluate(
         for indices in shard[collective.rank].split(settings.eval_batch_size):
             output, target = module(data.val_x[indices]), data.val_y[indices]
             values = [task.loss(output, target).item(), *(fn(output, target) for fn in task.metrics.values())]
-            totals = [t + float(v) * len(indices) for t, v in zip(totals, values)]
+            totals = [t + float(v) * len(indices) for t, v in zip(totals, values, strict=True)]
     summed = collective.sum(torch.tensor(totals, dtype=torch.float64, device=data.val_x.device)).tolist()
-    return {name: value / len(data.val_x) for name, value in zip(names, summed)}
+    return {name: value / len(data.val_x) for name, value in zip(names, summed, strict=True)}

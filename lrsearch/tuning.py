@@ -251,14 +251,15 @@ def run_study(
             time.sleep(POLL_SECONDS)  # the rest of the budget is running elsewhere, or stale and soon retried
             continue
         mine: list[optuna.trial.FrozenTrial] = []
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _, t: mine.append(t)])
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _, t, out=mine: out.append(t)])
         if not mine or mine[0].state != states.FAIL or mine[0].user_attrs.get("fail_reason") == _TAKEN:
             failures = 0
             continue
         failures += 1
         if failures >= MAX_CONSECUTIVE_FAILURES:
             raise TrialRuntimeError(
-                f"{failures} trials in a row failed; last, trial {mine[0].number}: {mine[0].user_attrs.get('fail_reason')}"
+                f"{failures} trials in a row failed; last, trial {mine[0].number}: "
+                f"{mine[0].user_attrs.get('fail_reason')}"
             )
 
 

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import STUDIES, tiny_study, write_study
+
+from lrsearch.errors import SpecError
+from lrsearch.spec import load_spec, spec_from_dict
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_validates_and_says_how_to_run_it(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.name
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith("# lrsearch ") and path.name in first_line
+
+
+def test_a_bad_study_reports_all_its_problems_at_once() -> None:
+    bad = tiny_study(
+        task="mnist",
+        budget={"n_trials": 0, "epochs": -1},
+        search={"optimizers": ["adam", "lion"], "adam": {"lr": {"low": -1.0, "high": 1.0}, "beta2": 1.5}},
+        sampler={"name": "annealing"},
+        colour="blue",
+    )
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(bad, "bad.yaml")
+    problems = info.value.problems
+    expected = [
+        "task: unknown task 'mnist'",
+        "budget.n_trials:",
+        "budget.epochs:",
+        "search.optimizers.1: 'lion' is not allowed",
+        "search.adam.lr: low must be > 0 (got -1.0)",
+        "search.adam.beta2: must be in (0, 1) (got 1.5)",
+        "sampler.name: 'annealing' is not allowed",
+        "colour: unknown key (allowed: name, task,",
+    ]
+    for fragment in expected:
+        assert any(p.startswith(fragment) for p in problems), (fragment, problems)
+    assert len(problems) == len(expected)
+    assert str(info.value).startswith("8 problems in bad.yaml: ")
+
+
+def test_problem_names_the_allowed_values() -> None:
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(tiny_study(search={"optimizers": ["adam"], "adam": {"momentum": 0.9}}))
+    assert info.value.problems == [
+        "search.adam.momentum: unknown hyperparameter for adam (allowed: lr, beta1, beta2, eps, weight_decay)"
+    ]
+
+
+def test_invalid_yaml_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ntask: digits-mlp\nbudget: {n_trials: 3\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert "invalid YAML: line 4" in str(info.value)
+
+
+def test_missing_file_is_one_problem(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="study file not found"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_overrides_narrow_or_fix_a_preset(tmp_path: Path) -> None:
+    spec = load_spec(write_study(tmp_path, tiny_study(
+        search={"optimizers": ["adam"], "adam": {"lr": {"low": 1e-4, "high": 1e-2}, "beta2": 0.999}})))
+    hyper = spec.search.space().hyperparameters("adam")
+    assert (hyper["lr"].low, hyper["lr"].high) == (1e-4, 1e-2)
+    assert hyper["beta2"] == 0.999
+    assert hyper["beta1"].scale == "log1m"

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from conftest import tiny_study
+
+from lrsearch.errors import SpecError, StorageError
+from lrsearch.tuning import tune
+
+State = optuna.trial.TrialState
+
+
+def test_a_study_runs_its_budget_and_records_every_trial(storage: str) -> None:
+    study = tune(tiny_study(), storage=storage)
+    assert len(study.trials) == 3
+    for trial in study.trials:
+        assert trial.state == State.COMPLETE
+        attrs = trial.user_attrs
+        assert attrs["config"]["optimizer"] in ("adam", "momentum")
+        assert attrs["optimizer_impl"] == "fused"
+        assert attrs["diverged"] is False
+        assert trial.value == attrs["val_loss"]
+        assert 0 < attrs["val_accuracy"] <= 1 and attrs["train_loss"] > 0
+        assert sorted(trial.intermediate_values) == [0, 1]
+        assert attrs["training"] == {"batch_size": 64, "epochs": 2, "world_size": 1, "seed": 0, "device": "cpu"}
+
+
+def test_a_huge_lr_is_pruned_as_diverged_and_the_study_goes_on(storage: str) -> None:
+    spec = tiny_study(
+        budget={"n_trials": 3, "epochs": 2},
+        search={"optimizers": ["sgd"], "sgd": {"lr": {"low": 1e3, "high": 1e4}}},
+        sampler={"name": "random", "seed": 0},
+    )
+    study = tune(spec, storage=storage)
+    assert [t.state for t in study.trials] == [State.PRUNED] * 3
+    for trial in study.trials:
+        assert trial.user_attrs["diverged"] is True
+        assert trial.value == math.inf  # the sampler sees the worst value, not a flattering earlier epoch
+    with pytest.raises(ValueError):
+        _ = study.best_trial  # a diverged trial can never be best
+
+
+def test_resume_runs_only_the_remainder(storage: str) -> None:
+    study = tune(tiny_study(), storage=storage, n_trials=2)
+    first = [(t.number, t.value) for t in study.trials]
+    study = tune(tiny_study(), storage=storage, n_trials=5)
+    assert len(study.trials) == 5
+    assert [(t.number, t.value) for t in study.trials[:2]] == first
+    study = tune(tiny_study(), storage=storage, n_trials=5)
+    assert len(study.trials) == 5  # finished: nothing more runs
+
+
+def test_pruner_stops_bad_trials_early(storage: str) -> None:
+    spec = tiny_study(budget={"n_trials": 12, "epochs": 6}, pruner={"name": "median"},
+                      search={"optimizers": ["sgd"], "sgd": {"lr": {"low": 1e-5, "high": 1.0}}},
+                      sampler={"name": "random", "seed": 1})
+    study = tune(spec, storage=storage)
+    pruned = [t for t in study.trials if t.state == State.PRUNED and not t.user_attrs["diverged"]]
+    assert pruned, [t.state for t in study.trials]
+    assert all(len(t.intermediate_values) < 6 for t in pruned)
+
+
+@pytest.mark.parametrize("sampler", ["gp", "cmaes", "nsga2", "qmc", "random", "grid"])
+def test_every_sampler_runs_the_conditional_space(storage: str, sampler: str) -> None:
+    spec = tiny_study(sampler={"name": sampler, "seed": 0}, budget={"n_trials": 2, "epochs": 1})
+    study = tune(spec, storage=storage)
+    assert sum(t.state == State.COMPLETE for t in study.trials) == 2
+
+
+def test_grid_sampler_walks_log_spaced_lrs(storage: str) -> None:
+    spec = tiny_study(sampler={"name": "grid", "seed": 0}, budget={"n_trials": 4, "epochs": 1},
+                      search={"optimizers": ["adam"], "grid_points": 4, "adam": {"lr": {"low": 1e-4, "high": 1e-1}}})
+    study = tune(spec, storage=storage)
+    lrs = sorted(t.user_attrs["config"]["params"]["lr"] for t in study.trials)
+    assert lrs == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])
+
+
+def test_bad_input_creates_nothing(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    with pytest.raises(SpecError):
+        tune(tiny_study(objective={"metric": "val_f1"}), storage=url)
+    with pytest.raises(SpecError):
+        tune(tiny_study(train={"batch_size": 100000}), storage=url)
+    assert not (tmp_path / "never.db").exists()
+    with pytest.raises(StorageError):
+        tune(tiny_study(), storage=f"sqlite:///{tmp_path}/no/such/dir/x.db")
