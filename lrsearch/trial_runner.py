@@ -42,10 +42,31 @@ class Collective(Protocol):
         """Rank 0's flag, given to every rank."""
         ...
 
+    def begin_trial(self, config: dict[str, Any], settings: TrialSettings) -> None:
+        """Rank 0, before training a trial: tell the other ranks what to train."""
+        ...
+
+    def recover(self) -> None:
+        """Rank 0, after a trial failed: make the group usable again (restart dead or hung ranks)."""
+        ...
+
+    def close(self) -> None:
+        """Rank 0, when the study is done: stop the other ranks."""
+        ...
+
 
 class _SingleProcess:
     rank = 0
     world_size = 1
+
+    def begin_trial(self, config: dict[str, Any], settings: TrialSettings) -> None:
+        pass
+
+    def recover(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model

@@ -180,15 +180,18 @@ class Objective:
                                          "device": self.prepared.device})
         for observer in self.observers:
             observer.trial_started(trial, config)
+        collective = self.collective or SINGLE_PROCESS
         try:
+            collective.begin_trial(config, settings)
             outcome = train_trial(self.prepared.task, self.prepared.data, config, settings,
-                                  on_epoch=lambda epoch: self._report(trial, epoch),
-                                  collective=self.collective or SINGLE_PROCESS)
+                                  on_epoch=lambda epoch: self._report(trial, epoch), collective=collective)
         except BaseException as exc:
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
             for observer in self.observers:
                 observer.trial_ended(trial, "FAIL", None, exc)
+            if not isinstance(exc, KeyboardInterrupt):
+                collective.recover()
             raise
         trial.set_user_attr("optimizer_impl", outcome.implementation)
         trial.set_user_attr("diverged", outcome.diverged)
