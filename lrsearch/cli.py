@@ -65,6 +65,10 @@ storage_option = click.option(
     "--storage", metavar="URL", default=None,
     help="Optuna storage (default: $LRSEARCH_STORAGE, else sqlite:///lrsearch.db here).",
 )
+tracking_uri_option = click.option(
+    "--tracking-uri", metavar="URI", default=None,
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default, sqlite:///mlflow.db here).",
+)
 format_option = click.option("--format", "fmt", default="table", metavar="table|json", help="Output format.")
 
 
@@ -80,21 +84,30 @@ format_option = click.option("--format", "fmt", default="table", metavar="table|
 @click.option("--seed", type=int, help="Training seed (and sampler seed unless the study file sets one).")
 @click.option("--device", metavar="auto|cpu|cuda", help="Training device.")
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
+@tracking_uri_option
+@click.option("--experiment", metavar="NAME", help="MLflow experiment (default: the study file's mlflow.experiment, "
+              "else the study name).")
+@click.option("--no-mlflow", is_flag=True, help="Do not record the study in MLflow.")
 def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: float | None, storage: str | None,
          study_name: str | None, sampler: str | None, pruner: str | None, seed: int | None, device: str | None,
-         no_progress: bool) -> None:
+         no_progress: bool, tracking_uri: str | None, experiment: str | None, no_mlflow: bool) -> None:
     """Run a study to its budget; rerun the same command to resume it."""
     from rich.console import Console
 
     from lrsearch.report import ProgressDisplay
+    from lrsearch.studies import storage_url
     from lrsearch.tuning import Overrides, run_tune
 
     signal.signal(signal.SIGTERM, _raise_interrupted)
     overrides = Overrides(n_trials=n_trials, epochs=epochs, timeout=timeout, sampler=sampler, pruner=pruner,
                           seed=seed, device=device)
     console = Console()
-    progress = ProgressDisplay(Console(stderr=True), enabled=not no_progress)
-    study, ran = run_tune(study_file, overrides, storage=storage, study_name=study_name, observers=[progress])
+    observers: list[Any] = [ProgressDisplay(Console(stderr=True), enabled=not no_progress)]
+    if not no_mlflow:
+        from lrsearch.tracking import MlflowTracker
+
+        observers.append(MlflowTracker(tracking_uri, experiment, storage_url(storage)))
+    study, ran = run_tune(study_file, overrides, storage=storage, study_name=study_name, observers=observers)
     if not ran:
         console.print(f"study {study.study_name} is finished: its budget of trials is complete")
     _print_summary(console, study)
@@ -195,6 +208,39 @@ def export(name: str, storage: str | None, fmt: str, trial_number: int | None, o
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+@cli.command()
+@tracking_uri_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; others can reach it if not "
+              "localhost.")
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui(tracking_uri: str | None, host: str, port: int) -> None:
+    """Open the MLflow UI on the store lrsearch tracks to."""
+    import subprocess
+
+    from lrsearch.tracking import tracking_uri as resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: binding {host}: the MLflow UI has no authentication and anyone who can reach this "
+                   "address can read and change your runs", err=True)
+    from lrsearch.studies import mask_password
+
+    click.echo(f"MLflow UI for {mask_password(uri)} at http://{'localhost' if host == '127.0.0.1' else host}:{port}")
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+               "--port", str(port)]
+    process = subprocess.Popen(command)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait(timeout=30)
+        raise
+    if code != 0:
+        from lrsearch.errors import TrialRuntimeError
+
+        raise TrialRuntimeError(f"the MLflow server exited with code {code}")
 
 
 def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:

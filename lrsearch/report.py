@@ -173,7 +173,7 @@ class ProgressDisplay:
         if state == "COMPLETE":
             self._update_best(trial.study, pending=(trial.number, outcome))
 
-    def study_ended(self, study: optuna.Study) -> None:
+    def study_ended(self, study: optuna.Study, error: BaseException | None = None) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

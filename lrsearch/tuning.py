@@ -44,7 +44,9 @@ class TuneObserver(Protocol):
         self, trial: optuna.Trial, state: str, outcome: TrialOutcome | None, error: BaseException | None
     ) -> None: ...
 
-    def study_ended(self, study: optuna.Study) -> None: ...
+    def study_ended(self, study: optuna.Study, error: BaseException | None = None) -> None:
+        """``error`` is what ended the run early (KeyboardInterrupt for Ctrl-C), None when it ran to its end."""
+        ...
 
 
 class _BudgetReached(Exception):
@@ -294,9 +296,12 @@ def run_tune(
         observer.study_started(study, spec)
     try:
         run_study(study, prepared, observers)
-    finally:
+    except BaseException as exc:
         for observer in observers:
-            observer.study_ended(study)
+            observer.study_ended(study, exc)
+        raise
+    for observer in observers:
+        observer.study_ended(study, None)
     return study, True
 
 
