@@ -24,6 +24,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "load_spec",
+    "lr_find",
     "tune",
 ]
 
@@ -32,10 +33,12 @@ _LAZY = {
     "build_optimizer": "lrsearch.optimizers",
     "build_scheduler": "lrsearch.optimizers",
     "load_spec": "lrsearch.spec",
+    "lr_find": "lrsearch.lr_finder",
     "tune": "lrsearch.tuning",
 }
 
 if TYPE_CHECKING:
+    from lrsearch.lr_finder import lr_find
     from lrsearch.optimizers import build_optimizer, build_scheduler
     from lrsearch.spec import load_spec
     from lrsearch.tasks import Task

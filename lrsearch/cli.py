@@ -83,6 +83,10 @@ format_option = click.option("--format", "fmt", default="table", metavar="table|
 @click.option("--pruner", metavar="NAME", help="none | median | sha | hyperband | wilcoxon")
 @click.option("--seed", type=int, help="Training seed (and sampler seed unless the study file sets one).")
 @click.option("--device", metavar="auto|cpu|cuda", help="Training device.")
+@click.option("--nproc-per-trial", metavar="N|auto", default=None,
+              help="DDP ranks per trial on this machine (gloo on CPU; NCCL, one GPU per rank; auto = visible GPUs).")
+@click.option("--lr-range", metavar="auto|preset", default=None,
+              help="auto: narrow each optimizer's lr interval with an LR range test before the first trial.")
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
 @tracking_uri_option
 @click.option("--experiment", metavar="NAME", help="MLflow experiment (default: the study file's mlflow.experiment, "
@@ -90,7 +94,8 @@ format_option = click.option("--format", "fmt", default="table", metavar="table|
 @click.option("--no-mlflow", is_flag=True, help="Do not record the study in MLflow.")
 def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: float | None, storage: str | None,
          study_name: str | None, sampler: str | None, pruner: str | None, seed: int | None, device: str | None,
-         no_progress: bool, tracking_uri: str | None, experiment: str | None, no_mlflow: bool) -> None:
+         nproc_per_trial: str | None, lr_range: str | None, no_progress: bool, tracking_uri: str | None,
+         experiment: str | None, no_mlflow: bool) -> None:
     """Run a study to its budget; rerun the same command to resume it."""
     from rich.console import Console
 
@@ -100,14 +105,17 @@ def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: flo
 
     signal.signal(signal.SIGTERM, _raise_interrupted)
     overrides = Overrides(n_trials=n_trials, epochs=epochs, timeout=timeout, sampler=sampler, pruner=pruner,
-                          seed=seed, device=device)
+                          seed=seed, device=device, nproc_per_trial=nproc_per_trial, lr_range=lr_range)
     console = Console()
-    observers: list[Any] = [ProgressDisplay(Console(stderr=True), enabled=not no_progress)]
-    if not no_mlflow:
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports and tracks
+    observers: list[Any] = [ProgressDisplay(Console(stderr=True), enabled=not no_progress and rank0)]
+    if not no_mlflow and rank0:
         from lrsearch.tracking import MlflowTracker
 
         observers.append(MlflowTracker(tracking_uri, experiment, storage_url(storage)))
     study, ran = run_tune(study_file, overrides, storage=storage, study_name=study_name, observers=observers)
+    if study is None:
+        return  # a non-zero torchrun rank: rank 0 reports
     if not ran:
         console.print(f"study {study.study_name} is finished: its budget of trials is complete")
     _print_summary(console, study)
@@ -241,6 +249,57 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
         from lrsearch.errors import TrialRuntimeError
 
         raise TrialRuntimeError(f"the MLflow server exited with code {code}")
+
+
+@cli.command("lr-find")
+@click.argument("study_file", metavar="STUDY.yaml")
+@click.option("--optimizer", "optimizers", multiple=True, metavar="NAME",
+              help="Optimizer to test; repeatable (default: the study's search.optimizers).")
+@click.option("--start", type=float, default=1e-7, show_default=True, help="First lr.")
+@click.option("--end", type=float, default=10.0, show_default=True, help="Last lr, unless the loss diverges first.")
+@click.option("--steps", type=int, default=100, show_default=True, help="Mini-batches from --start to --end.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), metavar="FILE.png", help="Write the curves.")
+@format_option
+@tracking_uri_option
+@click.option("--no-mlflow", is_flag=True, help="Do not record the range test in MLflow.")
+def lr_find(study_file: str, optimizers: tuple[str, ...], start: float, end: float, steps: int,
+            plot_file: str | None, fmt: str, tracking_uri: str | None, no_mlflow: bool) -> None:
+    """LR range test (Smith 2017): per optimizer, a suggested lr and the interval tune --lr-range auto would search."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lrsearch.lr_finder import lr_find as range_test
+    from lrsearch.lr_finder import narrowed_lr_ranges
+    from lrsearch.tuning import configure_threads, prepare, resolve_spec
+
+    _check_format(fmt, ("table", "json"))
+    spec = resolve_spec(study_file)
+    prepared = prepare(spec)
+    configure_threads(spec.train.threads)
+    results = range_test(prepared, list(optimizers) or None, start=start, end=end, steps=steps)
+    ranges = narrowed_lr_ranges(results, spec.search.space())
+    if plot_file:
+        from lrsearch.lr_finder import plot
+
+        plot(results, plot_file)
+        click.echo(f"wrote {plot_file}", err=True)
+    if not no_mlflow:
+        from lrsearch.tracking import log_lr_find
+
+        run_id = log_lr_find(tracking_uri, spec, results, ranges, {"start": start, "end": end, "steps": steps})
+        click.echo(f"recorded in MLflow as run {run_id}", err=True)
+    if fmt == "json":
+        out = {name: {**r.to_json(), "search_range": list(ranges[name])} for name, r in results.items()}
+        click.echo(json.dumps(out, indent=2, allow_nan=False))
+        return
+    table = Table(title=f"LR range test of {spec.name} ({steps} steps, {start:g} to {end:g})")
+    for column in ("optimizer", "suggested lr", "rule", "min-loss lr", "diverged at", "search range"):
+        table.add_column(column)
+    for name, r in results.items():
+        low, high = ranges[name]
+        table.add_row(name, f"{r.suggested_lr:.3g}", r.rule, f"{r.min_loss_lr:.3g}",
+                      "-" if r.diverged_at is None else f"{r.diverged_at:.3g}", f"{low:.2g}-{high:.2g}")
+    Console().print(table)
 
 
 def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:

@@ -73,8 +73,16 @@ class Recorder:
         except MlflowException:  # another worker created it first
             return retry(lambda: self.client.get_experiment_by_name(name)).experiment_id
 
-    def open_parent(self, run_id: str | None, spec: dict[str, Any], masked_storage: str, source: str | None) -> str:
+    def open_parent(self, run_id: str | None, spec: dict[str, Any], masked_storage: str, source: str | None,
+                    lr_ranges: dict[str, list[float]] | None = None) -> str:
         """Reuse the study's parent run, else find one another worker made, else create it."""
+        run_id = self._find_or_create_parent(run_id, spec, masked_storage, source)
+        for optimizer, (low, high) in (lr_ranges or {}).items():  # tune --lr-range auto: the narrowed intervals
+            retry(lambda o=optimizer, lo=low, hi=high: self.client.set_tag(run_id, f"lr_range.{o}", f"{lo!r}..{hi!r}"))
+        return run_id
+
+    def _find_or_create_parent(self, run_id: str | None, spec: dict[str, Any], masked_storage: str,
+                               source: str | None) -> str:
         from mlflow.entities import Param
 
         if run_id is None or not self._active(run_id):

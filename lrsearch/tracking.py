@@ -67,7 +67,7 @@ class MlflowTracker:
         experiment = spec.mlflow.experiment or self.experiment or study.study_name
         self._send("open", self.uri, experiment, study.study_name, self.storage_url,
                    mask_password(self.storage_url), study.user_attrs.get(PARENT_ATTR),
-                   spec.model_dump(mode="json"), spec.source)
+                   spec.model_dump(mode="json"), spec.source, study.user_attrs.get("lr_ranges"))
         reply = self._reply("parent", START_TIMEOUT)
         study.set_user_attr(PARENT_ATTR, reply[1])
         self.parent_run_id = reply[1]
@@ -148,6 +148,43 @@ class MlflowTracker:
         return self._run_ids.pop(number)
 
 
+def log_lr_find(uri: str | None, spec: StudySpec, results: dict[str, Any], ranges: dict[str, tuple[float, float]],
+                settings: dict[str, Any]) -> str:
+    """Record an LR range test as one MLflow run: curves as metrics (step = index), suggestions, plot as artifact."""
+    import tempfile
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    from lrsearch.lr_finder import plot
+    from lrsearch.mlflow_recorder import retry
+
+    client = MlflowClient(tracking_uri(uri))
+    name = spec.mlflow.experiment or spec.name
+    found = retry(lambda: client.get_experiment_by_name(name))
+    experiment_id = found.experiment_id if found else retry(lambda: client.create_experiment(name))
+    run = retry(lambda: client.create_run(experiment_id, run_name="lr-find",
+                                          tags={"optuna.study_name": spec.name, "lrsearch.role": "lr-find"}))
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"{kind}.{optimizer}", value, now, step)
+               for optimizer, result in results.items()
+               for kind, values in (("lr", result.lrs), ("loss", result.losses))
+               for step, value in enumerate(values)]
+    for start in range(0, len(metrics), 900):
+        chunk = metrics[start : start + 900]
+        retry(lambda chunk=chunk: client.log_batch(run_id, metrics=chunk))
+    params = [Param(k, str(v)) for k, v in settings.items()] + [Param("optimizers", ",".join(results))]
+    tags = [RunTag(f"suggested_lr.{o}", repr(r.suggested_lr)) for o, r in results.items()]
+    tags += [RunTag(f"search_range.{o}", f"{low!r}..{high!r}") for o, (low, high) in ranges.items()]
+    retry(lambda: client.log_batch(run_id, params=params, tags=tags))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plot(results, os.path.join(tmp, "lr_find.png"))
+        retry(lambda: client.log_artifact(run_id, str(path)))
+    retry(lambda: client.set_terminated(run_id, status="FINISHED"))
+    return run_id
+
+
 def _serve(conn: Connection) -> None:
     """The tracking process: apply each message to MLflow until the study ends or the tune process goes away."""
     import signal
@@ -167,10 +204,10 @@ def _serve(conn: Connection) -> None:
             if kind == "open":
                 from lrsearch.mlflow_recorder import Recorder
 
-                uri, experiment, study_name, storage, masked, parent_id, spec, source = args
+                uri, experiment, study_name, storage, masked, parent_id, spec, source, lr_ranges = args
                 try:
                     recorder = Recorder(tracking_uri(uri), experiment, study_name, storage)
-                    run_id = recorder.open_parent(parent_id, spec, masked, source)
+                    run_id = recorder.open_parent(parent_id, spec, masked, source, lr_ranges)
                     recorder.close_orphaned_runs(_load_study(study_name, storage))
                 except Exception as exc:
                     conn.send(("error", f"cannot record to MLflow at {mask_password(tracking_uri(uri))}: "

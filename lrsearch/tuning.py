@@ -261,7 +261,7 @@ def run_study(
             failures = 0
             continue
         failures += 1
-        if failures >= MAX_CONSECUTIVE_FAILURES:
+        if failures >= MAX_CONSECUTIVE_FAILURES or getattr(collective, "broken", False):
             raise TrialRuntimeError(
                 f"{failures} trials in a row failed; last, trial {mine[0].number}: "
                 f"{mine[0].user_attrs.get('fail_reason')}"
@@ -275,34 +275,72 @@ def run_tune(
     storage: str | None = None,
     study_name: str | None = None,
     observers: list[TuneObserver] | None = None,
-) -> tuple[optuna.Study, bool]:
+    workers: int = 1,
+) -> tuple[optuna.Study | None, bool]:
     """Validate everything, then create or resume the study and run it; False when it was already finished.
 
     Nothing is created (no storage file, no study) until the study file, the storage URL and the task have
-    been checked.
+    been checked. Under torchrun, rank 0 runs the study and every other rank follows it (and gets ``None``).
+    ``workers`` is how many tune processes share this machine's cores.
     """
+    from lrsearch.distributed import (
+        check_batch_size,
+        follow_torchrun,
+        open_gang,
+        open_torchrun_collective,
+        prepare_rank,
+        resolve_nproc,
+        torchrun_env,
+    )
     from lrsearch.studies import check_storage_url, count_trials, create_study, open_storage, storage_url
 
     spec = resolve_spec(spec, overrides)
+    launch = torchrun_env()
+    if launch is not None and launch["rank"] != 0:
+        follow_torchrun(spec, launch)  # no storage, no observers: trains what rank 0 announces
+        return None, False
     url = storage_url(storage)
     check_storage_url(url)
-    prepared = prepare(spec)
+    prepared = prepare_rank(spec, launch["local_rank"]) if launch else prepare(spec)
+    # Under torchrun, train.nproc_per_trial is ignored: torchrun's --nproc-per-node decides.
+    nproc = launch["world_size"] if launch else resolve_nproc(spec.train.nproc_per_trial, prepared.device)
+    check_batch_size(spec.train.batch_size, nproc)
     study = create_study(spec, open_storage(url), study_name or spec.name)
-    if count_trials(study) >= spec.budget.n_trials:
+    finished = count_trials(study) >= spec.budget.n_trials
+    if finished and launch is None:
         return study, False
-    configure_threads(spec.train.threads)
-    observers = list(observers or [])
-    for observer in observers:
-        observer.study_started(study, spec)
-    try:
-        run_study(study, prepared, observers)
-    except BaseException as exc:
+    configure_threads(spec.train.threads, workers=launch["local_world_size"] if launch else workers)
+    group = open_torchrun_collective(prepared, launch) if launch else open_gang(prepared, nproc)
+    with group as collective:
+        if finished:
+            return study, False  # torchrun: rank 0 still joined, so the other ranks are told to stop
+        narrow_lr_ranges(study, prepared)
+        observers = list(observers or [])
         for observer in observers:
-            observer.study_ended(study, exc)
-        raise
-    for observer in observers:
-        observer.study_ended(study, None)
+            observer.study_started(study, spec)
+        try:
+            run_study(study, prepared, observers, collective, world_size=nproc)
+        except BaseException as exc:
+            for observer in observers:
+                observer.study_ended(study, exc)
+            raise
+        for observer in observers:
+            observer.study_ended(study, None)
     return study, True
+
+
+def narrow_lr_ranges(study: optuna.Study, prepared: Prepared) -> None:
+    """``search.lr_range: auto``: before the study's first trial, run the LR range test per optimizer and keep
+    [suggestion/10, suggestion*10] (clipped to the preset) as that optimizer's lr interval, in the study's user
+    attrs, so every rerun and every worker searches the same space."""
+    if prepared.spec.search.lr_range != "auto" or "lr_ranges" in study.user_attrs or study.get_trials(deepcopy=False):
+        return
+    from lrsearch.lr_finder import lr_find, narrowed_lr_ranges
+
+    results = lr_find(prepared)
+    ranges = narrowed_lr_ranges(results, prepared.spec.search.space())
+    study.set_user_attr("lr_ranges", {name: [low, high] for name, (low, high) in ranges.items()})
+    study.set_user_attr("lr_suggestions", {name: result.suggested_lr for name, result in results.items()})
 
 
 def tune(
@@ -321,7 +359,10 @@ def tune(
         study_name: Defaults to the study file's ``name``.
         observers: Progress display, tracking: see :class:`TuneObserver`.
         **overrides: Single fields to replace, as the CLI flags: ``n_trials``, ``epochs``, ``timeout``,
-            ``sampler``, ``pruner``, ``seed``, ``device``.
+            ``sampler``, ``pruner``, ``seed``, ``device``, ``nproc_per_trial``, ``lr_range``.
+
+    Returns:
+        The study; ``None`` on a non-zero rank under torchrun (rank 0 holds the study).
 
     Example:
         >>> study = lrsearch.tune("studies/quadratic.yaml", n_trials=5, storage="sqlite:///quad.db")
@@ -332,4 +373,5 @@ def tune(
         options = Overrides(**overrides)
     except TypeError as exc:
         raise UsageError(f"tune(): {exc}") from None
-    return run_tune(spec, options, storage=storage, study_name=study_name, observers=observers)[0]
+    study, _ = run_tune(spec, options, storage=storage, study_name=study_name, observers=observers)
+    return study

@@ -1,0 +1,563 @@
+"""DistributedDataParallel trials: a persistent gang of ranks that trains trial after trial.
+
+* **Local gang** (``train.nproc_per_trial: N``): the ``tune`` process is rank 0, the only rank that talks to Optuna
+  and MLflow. :func:`open_gang` starts N-1 followers (``python -m lrsearch.distributed``) once per ``tune``. Each
+  loads the data and joins the process group once, then trains each trial that rank 0 announces. The backend is
+  gloo on CPU, or NCCL on CUDA (one GPU per rank) with a gloo group for the control collectives.
+* **torchrun** (``torchrun --nnodes ... -m lrsearch tune STUDY.yaml``): every rank opens
+  :func:`open_torchrun_collective`. Rank 0 runs the study and the others :func:`follow` it.
+
+Between trials, followers wait on a TCPStore key, not in a collective: rank 0 can stay idle for a long time, and a
+collective would time out. Inside a trial, every collective times out after ``train.rank_timeout``. So a rank that
+crashes or hangs fails its trial within that time, and rank 0 restarts the gang. Under torchrun nothing is
+restarted: a failed rank ends the job, and torchrun's agent (``--max-restarts``) restarts it.
+``LRSEARCH_RANK_LOG=FILE`` makes the non-zero ranks append a JSON line there for each trial they train.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lrsearch.errors import TrialRuntimeError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from lrsearch.spec import StudySpec
+    from lrsearch.trial_runner import Collective, TrialOutcome, TrialSettings
+    from lrsearch.tuning import Prepared
+
+logger = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT = 300.0
+"""Seconds a follower may take to import torch and load the data. ``rank_timeout`` covers only work in a trial."""
+STOP_GRACE = 5.0
+"""Seconds followers get to exit after the stop message before they are terminated."""
+RANK_LOG_ENV = "LRSEARCH_RANK_LOG"
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def resolve_nproc(value: int | str, device: str) -> int:
+    """Ranks per trial from ``train.nproc_per_trial`` (an int, its string, or ``auto``: the number of visible GPUs
+    on CUDA, 1 on CPU) and ``train.device``.
+
+    Raises:
+        UsageError: not a positive integer or ``auto``, more ranks than GPUs, or one GPU (``cuda:N``) for several.
+    """
+    from lrsearch.tuning import resolve_device
+
+    device = resolve_device(device)
+    if value == "auto":
+        import torch
+        return torch.cuda.device_count() if device.startswith("cuda") else 1
+    nproc = int(value) if isinstance(value, int) or str(value).isdigit() else 0
+    if nproc <= 0 or isinstance(value, bool):
+        raise UsageError(f"nproc_per_trial: must be a positive integer or 'auto' (got {value!r})")
+    if nproc > 1 and device.startswith("cuda"):
+        import torch
+        if device != "cuda":
+            raise UsageError(f"nproc_per_trial {nproc} with device {device!r}: every rank needs its own GPU; "
+                             "use device 'cuda' and choose the GPUs with CUDA_VISIBLE_DEVICES")
+        if nproc > torch.cuda.device_count():
+            raise UsageError(f"nproc_per_trial {nproc}: only {torch.cuda.device_count()} GPUs are visible "
+                             "(one rank per GPU)")
+    return nproc
+
+
+def check_batch_size(batch_size: int, nproc: int) -> None:
+    """Raise :class:`UsageError` when the global ``batch_size`` cannot be split evenly over ``nproc`` ranks."""
+    if batch_size % nproc:
+        below, above = batch_size // nproc * nproc, (batch_size // nproc + 1) * nproc
+        raise UsageError(f"train.batch_size {batch_size} is not divisible by nproc_per_trial {nproc}: each rank "
+                         f"trains batch_size / {nproc} samples of every global batch "
+                         f"(try batch_size {f'{below} or {above}' if below else above})")
+
+
+def prepare_rank(spec: StudySpec, local_rank: int) -> Prepared:
+    """:func:`lrsearch.tuning.prepare` for one of several ranks on a machine: on CUDA, bind GPU ``local_rank`` first.
+
+    Raises:
+        UsageError: the study names a single GPU (``cuda:N``), which several ranks cannot share.
+    """
+    from lrsearch.tuning import prepare, resolve_device
+
+    device = resolve_device(spec.train.device)
+    if device.startswith("cuda"):
+        import torch
+        if device != "cuda":
+            raise UsageError(f"train.device {device!r}: with several ranks each uses cuda:LOCAL_RANK; set "
+                             "train.device to 'cuda' or 'auto'")
+        torch.cuda.set_device(local_rank)
+    return prepare(spec)
+
+
+class DdpCollective:
+    """The :class:`~lrsearch.trial_runner.Collective` of one rank in a DDP process group.
+
+    Rank 0 announces each trial (:meth:`begin_trial`), and the others get it from :meth:`receive`. Flags and
+    barriers go through gloo, so they also work when training uses NCCL.
+    """
+
+    def __init__(self, rank: int, world_size: int, device: torch.device, rank_timeout: float,
+                 gang: _Gang | None = None) -> None:
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.timeout = timedelta(seconds=rank_timeout)
+        self._gang = gang
+        self._control: Any = None  # the gloo group for flags; None is the default group (then gloo too)
+        self._channel: _Channel | None = None
+        self._broken: str | None = None
+
+    @property
+    def follower_pids(self) -> list[int]:
+        """Process ids of rank 0's local followers (empty under torchrun)."""
+        return [process.pid for process in self._gang.followers] if self._gang else []
+
+    @property
+    def broken(self) -> bool:
+        """Under torchrun, True once a trial failed: no more trials can run in this job."""
+        return self._broken is not None
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+        total = values.clone()  # the caller's tensor keeps this rank's own value
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    def any(self, flag: bool) -> bool:
+        return self._flag(flag, reduce=True)
+
+    def decide(self, flag: bool) -> bool:
+        return self._flag(flag, reduce=False)
+
+    def _flag(self, flag: bool, reduce: bool) -> bool:
+        import torch
+        import torch.distributed as dist
+        value = torch.tensor([int(flag)], dtype=torch.int32)  # on the CPU: the control group is gloo
+        if reduce:
+            dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._control)
+        else:
+            dist.broadcast(value, src=0, group=self._control)
+        return bool(value.item())
+
+    def begin_trial(self, config: dict[str, Any], settings: TrialSettings) -> None:
+        """Rank 0: restart a dead or failed gang if needed, then announce the trial to every rank.
+
+        Raises:
+            TrialRuntimeError: the gang cannot start, or (under torchrun) a rank failed earlier.
+        """
+        if self._gang is not None:
+            self._gang.ensure_running()
+        elif self._broken:
+            raise TrialRuntimeError(f"{self._broken}; under torchrun lrsearch cannot restart ranks, so the job "
+                                    "ends here (torchrun --max-restarts restarts it and the study resumes)")
+        self._post({"kind": "trial", "config": config, "settings": asdict(settings)})
+
+    def receive(self) -> tuple[dict[str, Any], TrialSettings] | None:
+        """Non-zero ranks: wait for rank 0's next trial. Returns None when rank 0 says stop."""
+        import torch.distributed as dist
+
+        from lrsearch.trial_runner import TrialSettings
+        if self._channel is None:
+            raise TrialRuntimeError(f"rank {self.rank} is not connected to rank 0")
+        message = self._channel.receive()
+        if message["kind"] == "stop":
+            dist.barrier(group=self._control)  # tells rank 0 the stop was read, so it may close the store
+            return None
+        return message["config"], TrialSettings(**message["settings"])
+
+    def recover(self) -> None:
+        """Rank 0, after a failed trial: restart the local gang, or (torchrun) mark the group broken.
+
+        Never raises, so the trial keeps its own error. If the restart fails, the next :meth:`begin_trial` retries.
+        """
+        if self._gang is None:
+            self._broken = "a trial failed on a DDP rank"
+            return
+        for rank, process in enumerate(self._gang.followers, start=1):
+            if process.poll() is not None:
+                logger.warning("rank %d (pid %d) %s", rank, process.pid, _describe_exit(process.returncode))
+        logger.warning("a trial failed; restarting the gang of %d ranks", self.world_size)
+        try:
+            self._gang.restart()
+        except Exception as exc:  # reported again, as the trial's error, by the next begin_trial
+            logger.error("could not restart the gang (the next trial tries again): %s", exc)
+
+    def close(self) -> None:
+        """Rank 0: stop the other ranks. Safe to call more than once."""
+        if self._gang is not None:
+            self._gang.close(graceful=True)
+        elif self.rank == 0 and self._channel is not None and not self._broken:
+            self._stop_others()
+            self._leave()
+
+    def _post(self, message: dict[str, Any]) -> None:
+        if self._channel is None:
+            raise TrialRuntimeError("the DDP ranks are not connected")
+        self._channel.post(message)
+
+    def _stop_others(self) -> None:
+        import torch.distributed as dist
+        self._post({"kind": "stop"})
+        dist.barrier(group=self._control)  # returns once every rank has read the stop
+
+    def _join(self, backend: str, store: Any = None) -> None:
+        """Initialise the process group, over ``store`` (local gang) or the torchrun environment (``env://``)."""
+        import torch.distributed as dist
+        options: dict[str, Any] = {"rank": self.rank, "world_size": self.world_size, "timeout": self.timeout}
+        if backend == "nccl":
+            options["device_id"] = self.device
+        if store is None:
+            options["init_method"] = "env://"
+        else:
+            options["store"] = dist.PrefixStore("pg", store)  # the group's keys apart from our messages
+        dist.init_process_group(backend, **options)
+        self._control = dist.new_group(backend="gloo", timeout=self.timeout) if backend == "nccl" else None
+
+    def _leave(self) -> None:
+        import torch.distributed as dist
+        self._channel = self._control = None
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception as exc:  # a group broken by a dead rank may not tear down cleanly; it is dropped
+                logger.debug("destroy_process_group: %s", exc)
+
+
+class _Channel:
+    """Numbered JSON messages from rank 0 to every other rank, kept in a TCPStore: no timeout while idle."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.count = store, 0
+
+    def post(self, message: dict[str, Any]) -> None:
+        self.count += 1
+        self.store.set(f"lrsearch/message/{self.count}", json.dumps(message))
+
+    def receive(self) -> dict[str, Any]:
+        self.count += 1
+        key, delay = f"lrsearch/message/{self.count}", 0.001
+        # check() rather than wait(): each wait() that times out logs a c10d warning while a follower idles. If
+        # rank 0 is gone (torchrun), check() raises DistNetworkError and this rank exits.
+        while not self.store.check([key]):
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        return json.loads(self.store.get(key))
+
+
+class _Gang:
+    """Rank 0's local followers and their process group: started once, started again after a failure."""
+
+    def __init__(self, prepared: Prepared, nproc: int) -> None:
+        import torch
+        device = torch.device(prepared.data.train_x.device)
+        if device.type == "cuda" and device.index not in (None, 0):
+            raise UsageError(f"rank 0 trains on {device}; a gang of {nproc} ranks uses cuda:0..cuda:{nproc - 1}")
+        self.prepared = prepared
+        self.backend = "nccl" if device.type == "cuda" else "gloo"
+        self.collective = DdpCollective(0, nproc, device, prepared.spec.train.rank_timeout, self)
+        self.followers: list[subprocess.Popen[bytes]] = []
+        self.closed = False
+
+    def start(self) -> None:
+        import torch.distributed as dist
+        if self.backend == "nccl":
+            # By default a timed-out NCCL op tears down the whole process, which here is the tune process. With 2,
+            # NCCL only aborts the communicator: the trial fails and recover() restarts the gang.
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
+        spec, nproc = self.prepared.spec, self.collective.world_size
+        store = dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=self.collective.timeout,
+                              wait_for_workers=False)  # port 0: the OS picks a free port, so no race for one
+        payload = (json.dumps({"spec": spec.model_dump(mode="json"), "source": spec.source}) + "\n").encode()
+        # Followers must import what this process imports: this lrsearch (even an uninstalled checkout), and task
+        # modules found through sys.path entries added at run time (the Python API, tests).
+        path = os.pathsep.join(dict.fromkeys(p for p in [_PACKAGE_ROOT, *sys.path] if p and os.path.isdir(p)))
+        for rank in range(1, nproc):
+            command = [sys.executable, "-m", "lrsearch.distributed", *map(str, (rank, nproc, store.port, os.getpid()))]
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
+            self.followers.append(process)
+            process.stdin.write(payload)  # type: ignore[union-attr]  # stdin stays open: EOF means we are gone
+            process.stdin.flush()  # type: ignore[union-attr]
+        self._await_ready(store)
+        self.collective._join(self.backend, store)
+        self.collective._channel = _Channel(store)
+
+    def _await_ready(self, store: Any) -> None:
+        deadline, pending = time.monotonic() + STARTUP_TIMEOUT, set(range(1, len(self.followers) + 1))
+        while pending:
+            for rank in sorted(pending):
+                process = self.followers[rank - 1]
+                if store.check([f"lrsearch/error/{rank}"]):
+                    problem = store.get(f"lrsearch/error/{rank}").decode()
+                    raise TrialRuntimeError(f"DDP rank {rank} could not start: {problem}")
+                if store.check([f"lrsearch/ready/{rank}"]):
+                    pending.discard(rank)
+                elif process.poll() is not None:
+                    raise TrialRuntimeError(f"DDP rank {rank} (pid {process.pid}) "
+                                            f"{_describe_exit(process.returncode)} while starting")
+            if pending and time.monotonic() > deadline:
+                raise TrialRuntimeError(f"DDP ranks {sorted(pending)} were not ready after {STARTUP_TIMEOUT:.0f} s")
+            time.sleep(0.05)
+
+    def healthy(self) -> bool:
+        return self.collective._channel is not None and all(p.poll() is None for p in self.followers)
+
+    def ensure_running(self) -> None:
+        if self.closed:
+            raise TrialRuntimeError("the DDP gang is closed")
+        if not self.healthy():
+            self.restart()
+
+    def restart(self) -> None:
+        self._teardown(graceful=False)
+        self.start()
+
+    def close(self, graceful: bool) -> None:
+        if not self.closed:
+            self.closed = True
+            self._teardown(graceful)
+
+    def _teardown(self, graceful: bool) -> None:
+        if graceful and self.healthy():
+            try:
+                self.collective._stop_others()
+                deadline = time.monotonic() + STOP_GRACE
+                for process in self.followers:
+                    process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as exc:  # a rank that dies or lingers at the very end is terminated below
+                logger.warning("DDP ranks did not stop cleanly: %s", exc)
+        _terminate(self.followers, grace=1.0)
+        self.followers = []
+        self.collective._leave()
+
+
+def _terminate(processes: list[subprocess.Popen[bytes]], grace: float) -> None:
+    """SIGTERM each live process, SIGKILL any still alive after ``grace`` seconds, and reap them all."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()  # a stopped (SIGSTOP) or stuck process does not act on SIGTERM
+            process.wait()
+        with contextlib.suppress(OSError):
+            process.stdin.close()  # type: ignore[union-attr]
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return "is running" if code is None else f"exited with code {code}"
+
+
+@contextlib.contextmanager
+def open_gang(prepared: Prepared, nproc: int) -> Iterator[Collective]:
+    """Start ``nproc - 1`` local followers for the whole study, and yield rank 0's collective.
+
+    With ``nproc == 1`` it yields :data:`~lrsearch.trial_runner.SINGLE_PROCESS` and starts nothing. Meanwhile this
+    process uses ``train.threads`` torch threads, or its share of the cores. A normal end tells the followers to
+    stop. Any exception, KeyboardInterrupt included, terminates them. A follower whose parent dies gets SIGKILL from
+    the kernel (PR_SET_PDEATHSIG) or exits when its stdin closes.
+
+    Raises:
+        UsageError: ``train.batch_size`` is not divisible by ``nproc``.
+        TrialRuntimeError: the followers cannot be started.
+
+    Example:
+        >>> with open_gang(prepared, 2) as collective:
+        ...     run_study(study, prepared, observers, collective, world_size=2)
+    """
+    from lrsearch.trial_runner import SINGLE_PROCESS
+    if nproc == 1:
+        yield SINGLE_PROCESS
+        return
+    check_batch_size(prepared.spec.train.batch_size, nproc)
+    import torch
+
+    from lrsearch.tuning import configure_threads
+    gang, threads = _Gang(prepared, nproc), torch.get_num_threads()
+    configure_threads(prepared.spec.train.threads, workers=nproc)  # ranks on one machine share its cores
+    try:
+        gang.start()
+        yield gang.collective
+    except BaseException:
+        gang.close(graceful=False)
+        raise
+    else:
+        gang.close(graceful=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def torchrun_env() -> dict[str, Any] | None:
+    """This process's torchrun launch: ``rank``, ``world_size``, ``local_rank``, ``local_world_size``,
+    ``master_addr`` and ``master_port``. None when torchrun did not start it with several ranks."""
+    env = os.environ
+    if not all(name in env for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+        return None
+    names = {"rank": "RANK", "world_size": "WORLD_SIZE", "local_rank": "LOCAL_RANK",
+             "local_world_size": "LOCAL_WORLD_SIZE", "master_port": "MASTER_PORT"}
+    try:
+        found = {key: int(env.get(name, "1" if name == "LOCAL_WORLD_SIZE" else "0")) for key, name in names.items()}
+    except ValueError as exc:
+        raise UsageError(f"torchrun environment: {exc}") from None
+    return {**found, "master_addr": env["MASTER_ADDR"]} if found["world_size"] > 1 else None
+
+
+@contextlib.contextmanager
+def open_torchrun_collective(prepared: Prepared, env: dict[str, Any] | None = None) -> Iterator[DdpCollective]:
+    """Every rank of a torchrun launch: join the process group and yield this rank's collective.
+
+    Rank 0 runs the study with it (a normal end tells the others to stop), and the other ranks call :func:`follow`.
+    Prepare with :func:`prepare_rank`, so each rank trains on its own GPU. Nothing is restarted: a failed rank ends
+    the job.
+
+    Raises:
+        UsageError: not under torchrun, a batch the ranks cannot split, or ranks that loaded different studies.
+    """
+    import torch.distributed as dist
+    env = env or torchrun_env()
+    if env is None:
+        raise UsageError("not launched by torchrun with several ranks (RANK, WORLD_SIZE, MASTER_ADDR are not set)")
+    spec, rank, world = prepared.spec, env["rank"], env["world_size"]
+    check_batch_size(spec.train.batch_size, world)
+    collective = DdpCollective(rank, world, prepared.data.train_x.device, spec.train.rank_timeout)
+    collective._join("nccl" if collective.device.type == "cuda" else "gloo")
+    try:
+        # All ranks must load the same study. With another file or flag, a rank would train other trials, silently.
+        fingerprint = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        prints: list[Any] = [None] * world
+        dist.all_gather_object(prints, fingerprint, group=collective._control)
+        if differing := [r for r, p in enumerate(prints) if p != prints[0]]:
+            raise UsageError(f"torchrun ranks {differing} loaded a different study than rank 0 "
+                             "(give every node the same STUDY.yaml and flags)")
+        # Messages go through a store of our own: the launcher's store is private to torch.
+        store = dist.TCPStore(env["master_addr"], 0, is_master=True, timeout=collective.timeout,
+                              wait_for_workers=False) if rank == 0 else None
+        port = [store.port if store is not None else None]
+        dist.broadcast_object_list(port, src=0, group=collective._control)
+        if store is None:
+            store = dist.TCPStore(env["master_addr"], port[0], is_master=False, timeout=collective.timeout)
+        collective._channel = _Channel(store)
+        yield collective
+        collective.close()
+    finally:
+        collective._leave()
+
+
+def follow(prepared: Prepared, collective: DdpCollective) -> int:
+    """Non-zero ranks: train each trial rank 0 announces until it says stop; return how many were trained.
+
+    A trial's exception (a timed-out collective, a dead peer) propagates: the group is unusable after it, so exit.
+    """
+    from lrsearch.trial_runner import train_trial
+    trained = 0
+    while (message := collective.receive()) is not None:
+        outcome = train_trial(prepared.task, prepared.data, *message, collective=collective)
+        trained += 1
+        _log_trial(collective.rank, trained, outcome)
+    return trained
+
+
+def follow_torchrun(spec: StudySpec, env: dict[str, Any]) -> int:
+    """A non-zero torchrun rank's whole ``tune``: load the data, join, and follow rank 0 until it stops.
+
+    It touches no storage and no observers. Returns the number of trials trained.
+    """
+    from lrsearch.tuning import configure_threads
+    configure_threads(spec.train.threads, workers=env["local_world_size"])  # ranks on one node share its cores
+    prepared = prepare_rank(spec, env["local_rank"])
+    with open_torchrun_collective(prepared, env) as collective:
+        return follow(prepared, collective)
+
+
+def _log_trial(rank: int, index: int, outcome: TrialOutcome) -> None:
+    if path := os.environ.get(RANK_LOG_ENV):
+        line = json.dumps({"rank": rank, "pid": os.getpid(), "trial": index, "epochs": len(outcome.history),
+                           "stopped": outcome.stopped, "stopped_epoch": outcome.stopped_epoch,
+                           "val_loss": outcome.final.get("val_loss")})
+        with open(path, "a") as log:  # a single short append per line, so the lines of several ranks never mix
+            log.write(line + "\n")
+
+
+def _follower_main(argv: list[str]) -> int:
+    """A local follower (``RANK WORLD_SIZE PORT PARENT_PID``, the study on stdin): join rank 0 and follow it."""
+    rank, world_size, port, parent = map(int, argv)  # argv is written by _Gang.start
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; rank 0 stops us
+    payload = json.loads(sys.stdin.buffer.readline())
+    threading.Thread(target=_exit_at_eof, daemon=True, name="lrsearch-parent-watch").start()
+    import torch.distributed as dist
+
+    from lrsearch.spec import spec_from_dict
+    from lrsearch.tuning import configure_threads
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=STARTUP_TIMEOUT))
+    try:
+        spec = spec_from_dict(payload["spec"], payload["source"] or "<study>")
+        spec.source = payload["source"]
+        configure_threads(spec.train.threads, workers=world_size)
+        prepared = prepare_rank(spec, rank)
+    except Exception as exc:  # rank 0 raises it as the reason the gang could not start
+        store.set(f"lrsearch/error/{rank}", f"{type(exc).__name__}: {exc}")
+        return 1
+    collective = DdpCollective(rank, world_size, prepared.data.train_x.device, spec.train.rank_timeout)
+    store.set(f"lrsearch/ready/{rank}", "1")
+    collective._join("nccl" if collective.device.type == "cuda" else "gloo", store)
+    collective._channel = _Channel(store)
+    try:
+        follow(prepared, collective)
+    except Exception as exc:  # rank 0 fails the trial and starts a new gang; one line here says why
+        print(f"lrsearch DDP rank {rank}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}",
+              file=sys.stderr)
+        return 1
+    finally:
+        collective._leave()
+    return 0
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux); exit now if the parent is gone."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect: we were already re-parented
+        os._exit(1)
+
+
+def _exit_at_eof() -> None:
+    """Portable backstop for PR_SET_PDEATHSIG: rank 0 holds our stdin open, so EOF means it is gone."""
+    while os.read(0, 4096):  # the raw fd: a thread blocked in sys.stdin would hold its lock at interpreter exit
+        pass
+    os._exit(1)
+
+
+if __name__ == "__main__":
+    # Run the importable module's copy, so its classes are lrsearch.distributed's and not __main__'s.
+    from lrsearch.distributed import _follower_main as _main
+
+    code = _main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip torch's slow interpreter teardown: there is nothing left to clean up
