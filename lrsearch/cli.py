@@ -92,30 +92,48 @@ format_option = click.option("--format", "fmt", default="table", metavar="table|
 @click.option("--experiment", metavar="NAME", help="MLflow experiment (default: the study file's mlflow.experiment, "
               "else the study name).")
 @click.option("--no-mlflow", is_flag=True, help="Do not record the study in MLflow.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Processes on this machine sharing the study, each with cores/N torch threads.")
+@click.option("--worker-of", type=int, default=None, hidden=True)
 def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: float | None, storage: str | None,
          study_name: str | None, sampler: str | None, pruner: str | None, seed: int | None, device: str | None,
          nproc_per_trial: str | None, lr_range: str | None, no_progress: bool, tracking_uri: str | None,
-         experiment: str | None, no_mlflow: bool) -> None:
+         experiment: str | None, no_mlflow: bool, workers: int, worker_of: int | None) -> None:
     """Run a study to its budget; rerun the same command to resume it."""
     from rich.console import Console
 
+    from lrsearch.errors import UsageError
     from lrsearch.report import ProgressDisplay
     from lrsearch.studies import storage_url
     from lrsearch.tuning import Overrides, run_tune
 
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    _stop_on_first_signal()
+    if workers < 1:
+        raise UsageError(f"--workers must be a positive integer (got {workers})")
     overrides = Overrides(n_trials=n_trials, epochs=epochs, timeout=timeout, sampler=sampler, pruner=pruner,
                           seed=seed, device=device, nproc_per_trial=nproc_per_trial, lr_range=lr_range)
     console = Console()
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports and tracks
-    observers: list[Any] = [ProgressDisplay(Console(stderr=True), enabled=not no_progress and rank0)]
+    tracker = None
     if not no_mlflow and rank0:
         from lrsearch.tracking import MlflowTracker
 
-        observers.append(MlflowTracker(tracking_uri, experiment, storage_url(storage)))
-    study, ran = run_tune(study_file, overrides, storage=storage, study_name=study_name, observers=observers)
-    if study is None:
-        return  # a non-zero torchrun rank: rank 0 reports
+        # A worker records its trials; the process that started the workers owns the study's parent run.
+        tracker = MlflowTracker(tracking_uri, experiment, storage_url(storage), owns_parent=worker_of is None)
+    if workers > 1:
+        from lrsearch.workers import passthrough_args, tune_with_workers
+
+        args = passthrough_args(click.get_current_context().params)
+        study, ran = tune_with_workers(study_file, overrides, args, workers=workers, storage=storage,
+                                       study_name=study_name, tracker=tracker,
+                                       console=None if no_progress else Console(stderr=True))
+    else:
+        observers: list[Any] = [ProgressDisplay(Console(stderr=True), enabled=not no_progress and rank0)]
+        observers += [tracker] if tracker is not None else []
+        study, ran = run_tune(study_file, overrides, storage=storage, study_name=study_name, observers=observers,
+                              workers=worker_of or 1)
+    if study is None or worker_of is not None:
+        return  # a non-zero torchrun rank, or one of several workers: the process that started them reports
     if not ran:
         console.print(f"study {study.study_name} is finished: its budget of trials is complete")
     _print_summary(console, study)
@@ -309,10 +327,21 @@ def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
         raise UsageError(f"--format {fmt!r} is not known (allowed: {', '.join(allowed)})")
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
+def _stop_on_first_signal() -> None:
+    """Ctrl-C and SIGTERM interrupt tune once: the running trial fails and every run is closed. A second signal
+    during that clean-up is ignored rather than breaking it half way."""
     from lrsearch.tuning import Interrupted
 
-    raise Interrupted()
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:
+            return
+        received.append(signum)
+        raise Interrupted() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def main(argv: list[str] | None = None) -> None:

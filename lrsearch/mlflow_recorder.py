@@ -97,6 +97,14 @@ class Recorder:
         tags = {"optuna.study_name": self.study_name, "lrsearch.role": "study", "lrsearch.storage": masked_storage,
                 "mlflow.note.content": f"lrsearch study {self.study_name}: optimizer and learning-rate search"}
         run = retry(lambda: self.client.create_run(self.experiment_id, run_name=self.study_name, tags=tags))
+        oldest = retry(lambda: self.client.search_runs(
+            [self.experiment_id], filter_string=self._filter("study"), order_by=["attributes.start_time ASC"],
+            max_results=1))[0]
+        if oldest.info.run_id != run.info.run_id:  # another process created one at the same moment: keep theirs
+            retry(lambda: self.client.delete_run(run.info.run_id))
+            retry(lambda: self.client.update_run(oldest.info.run_id, status="RUNNING"))
+            self.parent_run_id = oldest.info.run_id
+            return self.parent_run_id
         self.parent_run_id = run.info.run_id
         params = {"sampler": spec["sampler"]["name"], "pruner": spec["pruner"]["name"],
                   "direction": spec["objective"]["direction"], "metric": spec["objective"]["metric"],
@@ -190,9 +198,13 @@ class Recorder:
             retry(lambda run=run, name=name: self.client.set_terminated(run.info.run_id,
                                                                         status=STATUS.get(name, "FAILED")))
 
-    def study_ended(self, study: optuna.Study, status: str) -> None:
+    def study_ended(self, study: optuna.Study, status: str, owns_parent: bool = True) -> None:
+        """Close orphans; the owner of the parent run also records the best configuration and plots, and closes
+        the parent run."""
+        self.close_orphaned_runs(study)
+        if not owns_parent:
+            return
         try:
-            self.close_orphaned_runs(study)
             self._log_best(study)
             self._log_plots(study)
         finally:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from lrsearch.spec import StudySpec
 
 DEFAULT_STORAGE = "sqlite:///lrsearch.db"
-HEARTBEAT_INTERVAL = 5
+HEARTBEAT_INTERVAL = 3
 """Seconds between heartbeats of a running trial; a trial silent for 4 intervals is stale (its process died)."""
 GRACE_PERIOD = 4 * HEARTBEAT_INTERVAL
 MAX_RETRY = 2

@@ -50,8 +50,11 @@ def tracking_uri(uri: str | None) -> str:
 class MlflowTracker:
     """Records the study in MLflow: a parent run per study, a child run per trial (rank 0 only)."""
 
-    def __init__(self, uri: str | None = None, experiment: str | None = None, storage_url: str = "") -> None:
+    def __init__(self, uri: str | None = None, experiment: str | None = None, storage_url: str = "",
+                 owns_parent: bool = True) -> None:
         self.uri = uri
+        self.owns_parent = owns_parent
+        """False for one of several workers: it records its trials, the process that started it closes the study."""
         self.experiment = experiment
         self.storage_url = storage_url
         self._conn: Connection | None = None
@@ -67,7 +70,7 @@ class MlflowTracker:
         experiment = spec.mlflow.experiment or self.experiment or study.study_name
         self._send("open", self.uri, experiment, study.study_name, self.storage_url,
                    mask_password(self.storage_url), study.user_attrs.get(PARENT_ATTR),
-                   spec.model_dump(mode="json"), spec.source, study.user_attrs.get("lr_ranges"))
+                   spec.model_dump(mode="json"), spec.source, study.user_attrs.get("lr_ranges"), self.owns_parent)
         reply = self._reply("parent", START_TIMEOUT)
         study.set_user_attr(PARENT_ATTR, reply[1])
         self.parent_run_id = reply[1]
@@ -108,7 +111,7 @@ class MlflowTracker:
             return
         status = "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         try:
-            self._send("study_ended", status)
+            self._send("study_ended", status, self.owns_parent)
             self._reply("closed", START_TIMEOUT)
         finally:
             self._conn.close()
@@ -192,6 +195,7 @@ def _serve(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the tune process decides
     recorder = None
     storage = None
+    owns_parent = True
     last_flush = time.monotonic()
     try:
         while True:
@@ -204,7 +208,7 @@ def _serve(conn: Connection) -> None:
             if kind == "open":
                 from lrsearch.mlflow_recorder import Recorder
 
-                uri, experiment, study_name, storage, masked, parent_id, spec, source, lr_ranges = args
+                uri, experiment, study_name, storage, masked, parent_id, spec, source, lr_ranges, owns_parent = args
                 try:
                     recorder = Recorder(tracking_uri(uri), experiment, study_name, storage)
                     run_id = recorder.open_parent(parent_id, spec, masked, source, lr_ranges)
@@ -224,7 +228,7 @@ def _serve(conn: Connection) -> None:
             elif kind == "trial_ended":
                 recorder.trial_ended(*args)
             elif kind == "study_ended":
-                recorder.study_ended(_load_study(recorder.study_name, storage), args[0])
+                recorder.study_ended(_load_study(recorder.study_name, storage), *args)
                 recorder = None
                 conn.send(("closed",))
                 return
@@ -234,7 +238,7 @@ def _serve(conn: Connection) -> None:
         traceback.print_exc()
     if recorder is not None:
         recorder.close_open_runs("FAILED", "the tune process stopped")
-        if recorder.parent_run_id is not None:
+        if recorder.parent_run_id is not None and owns_parent:
             recorder.client.set_terminated(recorder.parent_run_id, status="FAILED")
 
 

@@ -1,0 +1,82 @@
+"""Several workers on one study: SQLite with --workers 4, and a real PostgreSQL server with two commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import optuna
+import pytest
+from conftest import tiny_study, write_study
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+State = optuna.trial.TrialState
+TAKEN = "budget already taken by other workers"
+POSTGRES = os.environ.get("LRSEARCH_TEST_POSTGRES", "postgresql+psycopg://lrsearch:lrsearch@127.0.0.1/lrsearch_test")
+
+
+def _check_counts(study: optuna.Study, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+    trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in trials) == n_trials
+    for t in trials:  # nothing lost: every trial finished, or was refused a slot the budget no longer had
+        assert t.state in (State.COMPLETE, State.PRUNED) or t.user_attrs.get("fail_reason") == TAKEN, t
+    return [t for t in trials if t.state in (State.COMPLETE, State.PRUNED)]
+
+
+def test_sqlite_with_four_workers(tmp_path) -> None:
+    path = write_study(tmp_path, tiny_study(budget={"n_trials": 12, "epochs": 3}, pruner={"name": "median"}))
+    storage = f"sqlite:///{tmp_path / 'lrsearch.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run([sys.executable, "-m", "lrsearch", "tune", str(path), "--workers", "4", "--storage",
+                             storage, "--tracking-uri", uri, "--no-progress"], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "top trials of tiny" in result.stdout
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    done = _check_counts(study, 12)
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == sorted(f"trial-{t.number}" for t in done)
+    expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}
+    for run in children:
+        trial = next(t for t in done if f"trial-{t.number}" == run.info.run_name)
+        assert run.info.status == expected[trial.state.name]
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == len(trial.intermediate_values)
+
+
+def _postgres_reachable() -> bool:
+    import sqlalchemy
+
+    try:
+        with sqlalchemy.create_engine(POSTGRES).connect():
+            return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not os.environ.get("LRSEARCH_TEST_POSTGRES") and not _postgres_reachable(),
+                    reason="no PostgreSQL server (.ci/run starts one and sets LRSEARCH_TEST_POSTGRES)")
+def test_postgres_two_commands_with_two_workers_each(tmp_path) -> None:
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    path = write_study(tmp_path, tiny_study(name=name, budget={"n_trials": 10, "epochs": 3}))
+    command = [sys.executable, "-m", "lrsearch", "tune", str(path), "--workers", "2", "--storage", POSTGRES,
+               "--no-mlflow", "--no-progress"]
+    machines = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)]
+    for machine in machines:
+        out, err = machine.communicate(timeout=600)
+        assert machine.returncode == 0, err
+        password = POSTGRES.split("@")[0].rsplit(":", 1)[1]
+        assert f":{password}@" not in out + err  # the storage password never reaches the terminal
+    study = optuna.load_study(study_name=name, storage=POSTGRES)
+    _check_counts(study, 10)
