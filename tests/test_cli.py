@@ -82,3 +82,57 @@ def test_errors_are_one_line_with_exit_codes(tmp_path, storage) -> None:
     assert code == 2 and err == f"error: {tmp_path / 'missing.yaml'}: study file not found\n"
     code, _, err = run("tune")
     assert code == 2 and err.startswith("error: Missing argument")
+
+
+def test_lr_find_json_and_mlflow_run(tmp_path) -> None:
+    from mlflow import MlflowClient
+
+    path = write_study(tmp_path, tiny_study())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, out, err = run("lr-find", str(path), "--optimizer", "adam", "--optimizer", "sgd", "--steps", "60",
+                         "--format", "json", "--tracking-uri", uri, "--plot", str(tmp_path / "lr.png"))
+    assert code == 0, err
+    found = json.loads(out)
+    assert set(found) == {"adam", "sgd"}
+    for result in found.values():
+        assert {"suggested_lr", "min_loss_lr", "diverged_at", "lrs", "losses", "search_range"} <= set(result)
+        assert 1e-7 <= result["suggested_lr"] <= 10 and len(result["lrs"]) == len(result["losses"]) > 10
+    assert (tmp_path / "lr.png").stat().st_size > 10_000
+    client = MlflowClient(uri)
+    run_ = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])[0]
+    assert run_.info.run_name == "lr-find" and run_.info.status == "FINISHED"
+    assert float(run_.data.tags["suggested_lr.adam"]) == found["adam"]["suggested_lr"]
+    assert len(client.get_metric_history(run_.info.run_id, "loss.sgd")) == len(found["sgd"]["losses"])
+    assert [a.path for a in client.list_artifacts(run_.info.run_id)] == ["lr_find.png"]
+
+
+def test_tune_lr_range_auto_narrows_and_records_the_intervals(tmp_path, storage) -> None:
+    from mlflow import MlflowClient
+
+    path = write_study(tmp_path, tiny_study(budget={"n_trials": 3, "epochs": 1}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, _, err = run("tune", str(path), "--storage", storage, "--lr-range", "auto", "--tracking-uri", uri,
+                       "--no-progress")
+    assert code == 0, err
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    ranges = study.user_attrs["lr_ranges"]
+    assert set(ranges) == {"adam", "momentum"}
+    for optimizer, (low, high) in ranges.items():
+        suggestion = study.user_attrs["lr_suggestions"][optimizer]
+        assert low <= suggestion <= high and high / low <= 100.0001
+    for trial in study.trials:
+        config = trial.user_attrs["config"]
+        low, high = ranges[config["optimizer"]]
+        assert low <= config["params"]["lr"] <= high
+    parent = MlflowClient(uri).get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.data.tags["lr_range.adam"] == f"{ranges['adam'][0]!r}..{ranges['adam'][1]!r}"
+
+
+def test_tune_with_two_ddp_ranks_records_world_size(tmp_path, storage) -> None:
+    path = write_study(tmp_path, tiny_study(budget={"n_trials": 2, "epochs": 1}))
+    code, _, err = run("tune", str(path), "--storage", storage, "--nproc-per-trial", "2", "--no-mlflow",
+                       "--no-progress")
+    assert code == 0, err
+    code, out, _ = run("export", "tiny", "--storage", storage)
+    assert json.loads(out)["training"]["world_size"] == 2
+    assert json.loads(out)["training"]["batch_size"] == 64
