@@ -54,7 +54,7 @@ study_nccl() {
 python3 - "$work" <<'PY'
 import os, sys, time
 import optuna
-from lrsearch.distributed import open_torchrun_collective
+from lrsearch.torchrun import open_torchrun_collective
 from lrsearch.spec import load_spec
 from lrsearch.studies import create_study, open_storage
 from lrsearch.tuning import Overrides, prepare, run_study

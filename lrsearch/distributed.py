@@ -1,11 +1,11 @@
 """DistributedDataParallel trials: a persistent gang of ranks that trains trial after trial.
 
 * **Local gang** (``train.nproc_per_trial: N``): the ``tune`` process is rank 0, the only rank that talks to Optuna
-  and MLflow. :func:`open_gang` starts N-1 followers (``python -m lrsearch.distributed``) once per ``tune``. Each
+  and MLflow. :func:`open_gang` starts N-1 followers (``python -m lrsearch.rank_process``) once per ``tune``. Each
   loads the data and joins the process group once, then trains each trial that rank 0 announces. The backend is
   gloo on CPU, or NCCL on CUDA (one GPU per rank) with a gloo group for the control collectives.
 * **torchrun** (``torchrun --nnodes ... -m lrsearch tune STUDY.yaml``): every rank opens
-  :func:`open_torchrun_collective`. Rank 0 runs the study and the others :func:`follow` it.
+  :func:`lrsearch.torchrun.open_torchrun_collective`. Rank 0 runs the study and the others :func:`follow` it.
 
 Between trials, followers wait on a TCPStore key, not in a collective: rank 0 can stay idle for a long time, and a
 collective would time out. Inside a trial, every collective times out after ``train.rank_timeout``. So a rank that
@@ -17,15 +17,12 @@ restarted: a failed rank ends the job, and torchrun's agent (``--max-restarts``)
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import hashlib
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -291,7 +288,7 @@ class _Gang:
         # modules found through sys.path entries added at run time (the Python API, tests).
         path = os.pathsep.join(dict.fromkeys(p for p in [_PACKAGE_ROOT, *sys.path] if p and os.path.isdir(p)))
         for rank in range(1, nproc):
-            command = [sys.executable, "-m", "lrsearch.distributed", *map(str, (rank, nproc, store.port, os.getpid()))]
+            command = [sys.executable, "-m", "lrsearch.rank_process", *map(str, (rank, nproc, store.port, os.getpid()))]
             process = subprocess.Popen(command, stdin=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
             self.followers.append(process)
             process.stdin.write(payload)  # type: ignore[union-attr]  # stdin stays open: EOF means we are gone
@@ -411,62 +408,6 @@ def open_gang(prepared: Prepared, nproc: int) -> Iterator[Collective]:
         torch.set_num_threads(threads)
 
 
-def torchrun_env() -> dict[str, Any] | None:
-    """This process's torchrun launch: ``rank``, ``world_size``, ``local_rank``, ``local_world_size``,
-    ``master_addr`` and ``master_port``. None when torchrun did not start it with several ranks."""
-    env = os.environ
-    if not all(name in env for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
-        return None
-    names = {"rank": "RANK", "world_size": "WORLD_SIZE", "local_rank": "LOCAL_RANK",
-             "local_world_size": "LOCAL_WORLD_SIZE", "master_port": "MASTER_PORT"}
-    try:
-        found = {key: int(env.get(name, "1" if name == "LOCAL_WORLD_SIZE" else "0")) for key, name in names.items()}
-    except ValueError as exc:
-        raise UsageError(f"torchrun environment: {exc}") from None
-    return {**found, "master_addr": env["MASTER_ADDR"]} if found["world_size"] > 1 else None
-
-
-@contextlib.contextmanager
-def open_torchrun_collective(prepared: Prepared, env: dict[str, Any] | None = None) -> Iterator[DdpCollective]:
-    """Every rank of a torchrun launch: join the process group and yield this rank's collective.
-
-    Rank 0 runs the study with it (a normal end tells the others to stop), and the other ranks call :func:`follow`.
-    Prepare with :func:`prepare_rank`, so each rank trains on its own GPU. Nothing is restarted: a failed rank ends
-    the job.
-
-    Raises:
-        UsageError: not under torchrun, a batch the ranks cannot split, or ranks that loaded different studies.
-    """
-    import torch.distributed as dist
-    env = env or torchrun_env()
-    if env is None:
-        raise UsageError("not launched by torchrun with several ranks (RANK, WORLD_SIZE, MASTER_ADDR are not set)")
-    spec, rank, world = prepared.spec, env["rank"], env["world_size"]
-    check_batch_size(spec.train.batch_size, world)
-    collective = DdpCollective(rank, world, prepared.data.train_x.device, spec.train.rank_timeout)
-    collective._join("nccl" if collective.device.type == "cuda" else "gloo")
-    try:
-        # All ranks must load the same study. With another file or flag, a rank would train other trials, silently.
-        fingerprint = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-        prints: list[Any] = [None] * world
-        dist.all_gather_object(prints, fingerprint, group=collective._control)
-        if differing := [r for r, p in enumerate(prints) if p != prints[0]]:
-            raise UsageError(f"torchrun ranks {differing} loaded a different study than rank 0 "
-                             "(give every node the same STUDY.yaml and flags)")
-        # Messages go through a store of our own: the launcher's store is private to torch.
-        store = dist.TCPStore(env["master_addr"], 0, is_master=True, timeout=collective.timeout,
-                              wait_for_workers=False) if rank == 0 else None
-        port = [store.port if store is not None else None]
-        dist.broadcast_object_list(port, src=0, group=collective._control)
-        if store is None:
-            store = dist.TCPStore(env["master_addr"], port[0], is_master=False, timeout=collective.timeout)
-        collective._channel = _Channel(store)
-        yield collective
-        collective.close()
-    finally:
-        collective._leave()
-
-
 def follow(prepared: Prepared, collective: DdpCollective) -> int:
     """Non-zero ranks: train each trial rank 0 announces until it says stop; return how many were trained.
 
@@ -481,18 +422,6 @@ def follow(prepared: Prepared, collective: DdpCollective) -> int:
     return trained
 
 
-def follow_torchrun(spec: StudySpec, env: dict[str, Any]) -> int:
-    """A non-zero torchrun rank's whole ``tune``: load the data, join, and follow rank 0 until it stops.
-
-    It touches no storage and no observers. Returns the number of trials trained.
-    """
-    from lrsearch.tuning import configure_threads
-    configure_threads(spec.train.threads, workers=env["local_world_size"])  # ranks on one node share its cores
-    prepared = prepare_rank(spec, env["local_rank"])
-    with open_torchrun_collective(prepared, env) as collective:
-        return follow(prepared, collective)
-
-
 def _log_trial(rank: int, index: int, outcome: TrialOutcome) -> None:
     if path := os.environ.get(RANK_LOG_ENV):
         line = json.dumps({"rank": rank, "pid": os.getpid(), "trial": index, "epochs": len(outcome.history),
@@ -500,64 +429,3 @@ def _log_trial(rank: int, index: int, outcome: TrialOutcome) -> None:
                            "val_loss": outcome.final.get("val_loss")})
         with open(path, "a") as log:  # a single short append per line, so the lines of several ranks never mix
             log.write(line + "\n")
-
-
-def _follower_main(argv: list[str]) -> int:
-    """A local follower (``RANK WORLD_SIZE PORT PARENT_PID``, the study on stdin): join rank 0 and follow it."""
-    rank, world_size, port, parent = map(int, argv)  # argv is written by _Gang.start
-    _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; rank 0 stops us
-    payload = json.loads(sys.stdin.buffer.readline())
-    threading.Thread(target=_exit_at_eof, daemon=True, name="lrsearch-parent-watch").start()
-    import torch.distributed as dist
-
-    from lrsearch.spec import spec_from_dict
-    from lrsearch.tuning import configure_threads
-    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=STARTUP_TIMEOUT))
-    try:
-        spec = spec_from_dict(payload["spec"], payload["source"] or "<study>")
-        spec.source = payload["source"]
-        configure_threads(spec.train.threads, workers=world_size)
-        prepared = prepare_rank(spec, rank)
-    except Exception as exc:  # rank 0 raises it as the reason the gang could not start
-        store.set(f"lrsearch/error/{rank}", f"{type(exc).__name__}: {exc}")
-        return 1
-    collective = DdpCollective(rank, world_size, prepared.data.train_x.device, spec.train.rank_timeout)
-    store.set(f"lrsearch/ready/{rank}", "1")
-    collective._join("nccl" if collective.device.type == "cuda" else "gloo", store)
-    collective._channel = _Channel(store)
-    try:
-        follow(prepared, collective)
-    except Exception as exc:  # rank 0 fails the trial and starts a new gang; one line here says why
-        print(f"lrsearch DDP rank {rank}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}",
-              file=sys.stderr)
-        return 1
-    finally:
-        collective._leave()
-    return 0
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux); exit now if the parent is gone."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect: we were already re-parented
-        os._exit(1)
-
-
-def _exit_at_eof() -> None:
-    """Portable backstop for PR_SET_PDEATHSIG: rank 0 holds our stdin open, so EOF means it is gone."""
-    while os.read(0, 4096):  # the raw fd: a thread blocked in sys.stdin would hold its lock at interpreter exit
-        pass
-    os._exit(1)
-
-
-if __name__ == "__main__":
-    # Run the importable module's copy, so its classes are lrsearch.distributed's and not __main__'s.
-    from lrsearch.distributed import _follower_main as _main
-
-    code = _main(sys.argv[1:])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # skip torch's slow interpreter teardown: there is nothing left to clean up

@@ -283,16 +283,9 @@ def run_tune(
     been checked. Under torchrun, rank 0 runs the study and every other rank follows it (and gets ``None``).
     ``workers`` is how many tune processes share this machine's cores.
     """
-    from lrsearch.distributed import (
-        check_batch_size,
-        follow_torchrun,
-        open_gang,
-        open_torchrun_collective,
-        prepare_rank,
-        resolve_nproc,
-        torchrun_env,
-    )
+    from lrsearch.distributed import check_batch_size, open_gang, prepare_rank, resolve_nproc
     from lrsearch.studies import check_storage_url, count_trials, create_study, open_storage, storage_url
+    from lrsearch.torchrun import follow_torchrun, open_torchrun_collective, torchrun_env
 
     spec = resolve_spec(spec, overrides)
     launch = torchrun_env()

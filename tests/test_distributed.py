@@ -17,10 +17,11 @@ import optuna
 import pytest
 from conftest import REPO, tiny_study
 
-from lrsearch.distributed import RANK_LOG_ENV, check_batch_size, open_gang, resolve_nproc, torchrun_env
+from lrsearch.distributed import RANK_LOG_ENV, check_batch_size, open_gang, resolve_nproc
 from lrsearch.errors import LrsearchError, TrialRuntimeError, UsageError
 from lrsearch.spec import spec_from_dict
 from lrsearch.studies import create_study, open_storage
+from lrsearch.torchrun import torchrun_env
 from lrsearch.trial_runner import SINGLE_PROCESS, TrialSettings, train_trial
 from lrsearch.tuning import Prepared, prepare, run_study
 
@@ -240,7 +241,8 @@ def test_under_torchrun_rank_0_drives_and_rank_1_follows(storage: str, tmp_path:
         import sys
         sys.path.insert(0, {str(REPO / "tests")!r})
         from conftest import tiny_study
-        from lrsearch.distributed import follow_torchrun, open_torchrun_collective, prepare_rank, torchrun_env
+        from lrsearch.distributed import prepare_rank
+        from lrsearch.torchrun import follow_torchrun, open_torchrun_collective, torchrun_env
         from lrsearch.spec import spec_from_dict
         from lrsearch.studies import create_study, open_storage
         from lrsearch.tuning import run_study
