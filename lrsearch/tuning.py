@@ -243,9 +243,6 @@ def run_study(
     states = optuna.trial.TrialState
     failures = 0
     while deadline is None or time.monotonic() < deadline:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         done = sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials)
         running = sum(t.state == states.RUNNING for t in trials)
@@ -253,7 +250,12 @@ def run_study(
         if done >= spec.budget.n_trials:
             return
         if done + running + waiting >= spec.budget.n_trials and waiting == 0:
-            time.sleep(POLL_SECONDS)  # the rest of the budget is running elsewhere, or stale and soon retried
+            # The rest of the budget is running elsewhere, or in a dead process: Optuna fails a trial whose
+            # heartbeat went stale and queues its retry (optimize does this check itself before every trial).
+            time.sleep(POLL_SECONDS)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
             continue
         mine: list[optuna.trial.FrozenTrial] = []
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _, t, out=mine: out.append(t)])
