@@ -216,6 +216,24 @@ def train_trial(
     return outcome
 
 
+def time_training_steps(task: Task, data: TrainData, batch_size: int, steps: int = 8) -> float:
+    """Seconds for ``steps`` forward/backward/SGD steps of the task's model on real batches (after one warm-up)."""
+    import torch
+
+    model = task.model().to(data.train_x.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: time the work, change nothing that matters
+    batches = torch.arange(len(data.train_x), device=data.train_x.device).split(batch_size)
+    started = 0.0
+    for step in range(steps + 1):
+        if step == 1:
+            started = time.perf_counter()
+        indices = batches[step % len(batches)]
+        optimizer.zero_grad(set_to_none=True)
+        task.loss(model(data.train_x[indices]), data.train_y[indices]).backward()
+        optimizer.step()
+    return time.perf_counter() - started
+
+
 def _diverging(loss: float, first_loss: float | None) -> bool:
     return not math.isfinite(loss) or (first_loss is not None and loss > DIVERGENCE_FACTOR * abs(first_loss))
 

@@ -107,16 +107,41 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def configure_threads(threads: int | None, workers: int = 1) -> int:
-    """Torch CPU threads: the study's ``train.threads``, else this machine's cores divided among the workers.
+def configure_threads(threads: int | None, workers: int = 1, prepared: Prepared | None = None) -> int:
+    """Torch CPU threads: the study's ``train.threads``; else, for a CPU task, whichever of 1 and this machine's
+    share of cores (cores / workers) trains the task's model faster, timed on a few real steps.
 
-    Workers on one machine share its cores: oversubscribed threads spin against each other and slow every trial.
+    Small models gain nothing from intra-op threads, and on a machine where other work takes cores, threads that
+    wait for each other at every op make training many times slower; bigger models do gain. Timing answers it.
     """
     import torch
 
-    count = threads or max(1, (os.cpu_count() or 1) // workers)
+    share = max(1, (os.cpu_count() or 1) // workers)
+    count = threads or share
+    if threads is None and share > 1 and prepared is not None and prepared.device == "cpu":
+        count = _fastest_threads(prepared, (1, share))
     torch.set_num_threads(count)
     return count
+
+
+def _fastest_threads(prepared: Prepared, candidates: tuple[int, ...]) -> int:
+    import torch
+
+    from lrsearch.trial_runner import time_training_steps
+
+    best: dict[int, float] = {}
+    for _ in range(2):  # alternate, so a burst of other work does not decide it alone
+        for count in candidates:
+            torch.set_num_threads(count)
+            seconds = time_training_steps(prepared.task, prepared.data, prepared.spec.train.batch_size)
+            best[count] = min(best.get(count, math.inf), seconds)
+    return min(candidates, key=lambda count: best[count])
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 @dataclass
@@ -179,7 +204,7 @@ class Objective:
         trial.set_user_attr("config", config)
         trial.set_user_attr("training", {"batch_size": settings.batch_size, "epochs": settings.epochs,
                                          "world_size": self.world_size, "seed": settings.seed,
-                                         "device": self.prepared.device})
+                                         "device": self.prepared.device, "threads": torch_threads()})
         for observer in self.observers:
             observer.trial_started(trial, config)
         collective = self.collective or SINGLE_PROCESS
@@ -304,7 +329,7 @@ def run_tune(
     finished = count_trials(study) >= spec.budget.n_trials
     if finished and launch is None:
         return study, False
-    configure_threads(spec.train.threads, workers=launch["local_world_size"] if launch else workers)
+    configure_threads(spec.train.threads, workers=launch["local_world_size"] if launch else workers, prepared=prepared)
     group = open_torchrun_collective(prepared, launch) if launch else open_gang(prepared, nproc)
     with group as collective:
         if finished:

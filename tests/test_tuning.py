@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import optuna
 import pytest
@@ -24,7 +25,9 @@ def test_a_study_runs_its_budget_and_records_every_trial(storage: str) -> None:
         assert trial.value == attrs["val_loss"]
         assert 0 < attrs["val_accuracy"] <= 1 and attrs["train_loss"] > 0
         assert sorted(trial.intermediate_values) == [0, 1]
-        assert attrs["training"] == {"batch_size": 64, "epochs": 2, "world_size": 1, "seed": 0, "device": "cpu"}
+        training = attrs["training"]
+        assert training.pop("threads") in (1, os.cpu_count())  # whichever trained this model faster here
+        assert training == {"batch_size": 64, "epochs": 2, "world_size": 1, "seed": 0, "device": "cpu"}
 
 
 def test_a_huge_lr_is_pruned_as_diverged_and_the_study_goes_on(storage: str) -> None:

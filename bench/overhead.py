@@ -1,0 +1,174 @@
+"""What lrsearch costs on top of training: one digits trial through lrsearch (Optuna SQLite storage + MLflow
+tracking on) vs a bare hand-written PyTorch loop with the same model, data, optimizer, epochs and seed, and vs that
+loop wrapped the way an Optuna + MLflow user writes it by hand (trial.report and mlflow.log_metrics each epoch).
+
+Every trial trains the same fixed configuration (Adam, fused as lrsearch picks it on CPU, no pruning), so the
+three differ only in what surrounds the loop. The three are interleaved round by round and the per-trial medians
+compared. One-time costs (creating the study, starting the tracking process) are reported apart: they are paid
+once per ``tune``, not per trial.
+
+    python bench/overhead.py [--quick]
+
+Target: lrsearch <= 1.03x bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, median, print_machine, print_table, verdict, write_results
+
+TARGET = 1.03
+CONFIG = {"optimizer": "adam", "params": {"lr": 3e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                                          "weight_decay": 0.0}, "schedule": {"name": "constant"}}
+EPOCHS, BATCH, SEED = 20, 64, 0
+
+
+def bare_trial(task, data) -> float:
+    """The loop a user writes by hand: same seed, same shuffles, same fused Adam; loss.item() once per epoch."""
+    import torch
+
+    torch.manual_seed(SEED)
+    model = task.model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, fused=True)
+    n = len(data.train_x)
+    val_loss = math.nan
+    for epoch in range(EPOCHS):
+        model.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(SEED * 1_000_003 + epoch))
+        for start in range(0, n, BATCH):
+            index = order[start : start + BATCH]
+            loss = task.loss(model(data.train_x[index]), data.train_y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            output = model(data.val_x)
+            val_loss = task.loss(output, data.val_y).item()
+            task.metrics["accuracy"](output, data.val_y)
+    return val_loss
+
+
+def handwritten_optuna_mlflow(task, data, trials: int, tmp: Path) -> float:
+    """What an Optuna + MLflow user writes: a nested mlflow run per trial, synchronous per-epoch logging."""
+    import mlflow
+    import optuna
+    import torch
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'hand_mlflow.db'}")
+    mlflow.set_experiment("hand")
+    study = optuna.create_study(storage=f"sqlite:///{tmp / 'hand.db'}", study_name="hand", load_if_exists=True)
+
+    def objective(trial: optuna.Trial) -> float:
+        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+            mlflow.log_params({"optimizer": "adam", "lr": 3e-3})
+            torch.manual_seed(SEED)
+            model = task.model()
+            optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, fused=True)
+            n = len(data.train_x)
+            val_loss = math.nan
+            for epoch in range(EPOCHS):
+                model.train()
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(SEED * 1_000_003 + epoch))
+                total = torch.zeros(())
+                for start in range(0, n, BATCH):
+                    index = order[start : start + BATCH]
+                    loss = task.loss(model(data.train_x[index]), data.train_y[index])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.detach() * len(index)
+                model.eval()
+                with torch.no_grad():
+                    output = model(data.val_x)
+                    val_loss = task.loss(output, data.val_y).item()
+                    accuracy = task.metrics["accuracy"](output, data.val_y)
+                mlflow.log_metrics({"train_loss": total.item() / n, "val_loss": val_loss, "val_accuracy": accuracy},
+                                   step=epoch)
+                trial.report(val_loss, epoch)
+            return val_loss
+
+    with mlflow.start_run(run_name="study"):
+        started = time.perf_counter()
+        study.optimize(objective, n_trials=trials)
+        return (time.perf_counter() - started) / trials
+
+
+def lrsearch_trials(spec, prepared, trials: int, tmp: Path, round_: int) -> tuple[float, float]:
+    """Per-trial seconds inside lrsearch's study loop with tracking on, and the one-time setup seconds."""
+    from lrsearch.studies import create_study, open_storage
+    from lrsearch.tracking import MlflowTracker
+    from lrsearch.tuning import Overrides, run_study
+
+    spec = Overrides(n_trials=trials * (round_ + 1)).apply(spec)  # the same study, a bigger budget each round
+    prepared.spec = spec
+    setup = time.perf_counter()
+    study = create_study(spec, open_storage(f"sqlite:///{tmp / 'lrsearch.db'}"), "overhead")
+    tracker = MlflowTracker(f"sqlite:///{tmp / 'mlflow.db'}", storage_url=f"sqlite:///{tmp / 'lrsearch.db'}")
+    tracker.study_started(study, spec)
+    setup = time.perf_counter() - setup
+    started = time.perf_counter()
+    run_study(study, prepared, [tracker])
+    per_trial = (time.perf_counter() - started) / trials
+    tracker.study_ended(study, None)
+    assert all(t.user_attrs.get("mlflow_run_id") for t in study.trials), "tracking must be on"
+    return per_trial, setup
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 3 trials instead of 5 rounds of 6")
+    args = parser.parse_args()
+    rounds, trials = (3, 3) if args.quick else (5, 6)
+
+    from lrsearch.spec import spec_from_dict
+    from lrsearch.tuning import configure_threads, prepare
+
+    spec = spec_from_dict({
+        "name": "overhead", "task": "digits-mlp", "budget": {"n_trials": trials, "epochs": EPOCHS},
+        "train": {"batch_size": BATCH, "device": "cpu", "seed": SEED},
+        "search": {"optimizers": ["adam"], "adam": {k: v for k, v in CONFIG["params"].items()}},
+        "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"},
+    })
+    prepared = prepare(spec)
+    threads = configure_threads(None)
+    info = machine_info(threads)
+    print_machine(info)
+    times: dict[str, list[float]] = {"bare": [], "lrsearch": [], "handwritten": []}
+    setups = []
+    with tempfile.TemporaryDirectory() as tmp:
+        bare_trial(prepared.task, prepared.data)  # warm-up: first-call allocations and kernel selection
+        for round_ in range(rounds):
+            started = time.perf_counter()
+            for _ in range(trials):
+                bare_trial(prepared.task, prepared.data)
+            times["bare"].append((time.perf_counter() - started) / trials)
+            per_trial, setup = lrsearch_trials(spec, prepared, trials, Path(tmp), round_)
+            times["lrsearch"].append(per_trial)
+            setups.append(setup)
+            times["handwritten"].append(handwritten_optuna_mlflow(prepared.task, prepared.data, trials, Path(tmp)))
+            print(f"round {round_ + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()),
+                  flush=True)
+    bare = median(times["bare"])
+    rows = [[name, median(values), min(values), median(values) / bare] for name, values in times.items()]
+    ratio = median(times["lrsearch"]) / bare
+    met = ratio <= TARGET
+    write_results("overhead", {"machine": info, "rounds": rounds, "trials_per_round": trials, "epochs": EPOCHS,
+                               "seconds_per_trial": times, "lrsearch_setup_seconds": setups, "ratio": ratio,
+                               "target": TARGET, "met": met})
+    print_table(["per digits trial", "median s", "min s", "x bare"], rows,
+                f"headline: lrsearch / bare = {ratio:.3f}x per trial (target <= {TARGET}x): {verdict(met)}",
+                [f"one-time per tune: study + MLflow parent run and tracking process {median(setups):.2f} s "
+                 f"(median over {rounds} rounds)"])
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

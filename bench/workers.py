@@ -1,0 +1,90 @@
+"""Trials per minute of one study with ``lrsearch tune --workers 2`` vs ``--workers 1``, on this machine.
+
+Each run is the real command (SQLite storage, MLflow tracking on) on a fresh storage; the rate is measured from
+the trials' own timestamps (first start to last finish), so process start-up is not counted. Runs alternate
+1, 2, 1, 2, ... and the median of each is compared.
+
+    python bench/workers.py [--quick]
+
+Target: >= 1.8x with 2 workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    lrsearch_command,
+    machine_info,
+    median,
+    print_machine,
+    print_table,
+    verdict,
+    write_results,
+)
+
+TARGET = 1.8
+
+
+def study(n_trials: int) -> dict:
+    """Digits with every trial the same length (no pruning, fixed epochs) so the rate measures throughput only."""
+    return {"name": "workers", "task": "digits-mlp", "objective": {"metric": "val_loss", "direction": "minimize"},
+            "budget": {"n_trials": n_trials, "epochs": 10}, "train": {"batch_size": 16, "device": "cpu", "seed": 0},
+            "search": {"optimizers": ["adam", "momentum", "rmsprop"]}, "sampler": {"name": "tpe", "seed": 0},
+            "pruner": {"name": "none"}}
+
+
+def trials_per_minute(workers: int, n_trials: int, directory: Path) -> float:
+    import optuna
+
+    path = directory / f"study-{workers}-{time.monotonic_ns()}.yaml"
+    path.write_text("# lrsearch tune " + path.name + "\n" + yaml.safe_dump(study(n_trials)))
+    storage = f"sqlite:///{path.with_suffix('.db')}"
+    command = [*lrsearch_command(), "tune", str(path), "--workers", str(workers), "--storage", storage,
+               "--tracking-uri", f"sqlite:///{path.with_suffix('.mlflow.db')}", "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
+    trials = [t for t in optuna.load_study(study_name="workers", storage=storage).trials
+              if t.state == optuna.trial.TrialState.COMPLETE]
+    start = min(t.datetime_start for t in trials)
+    end = max(t.datetime_complete for t in trials)
+    return len(trials) / (end - start).total_seconds() * 60
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 8 trials instead of 3 rounds of 16")
+    args = parser.parse_args()
+    rounds, n_trials = (2, 8) if args.quick else (3, 16)
+    info = machine_info()
+    print_machine(info)
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(rounds):
+            for workers in (1, 2):
+                rates[workers].append(trials_per_minute(workers, n_trials, Path(tmp)))
+            print(f"round {round_ + 1}/{rounds}: 1 worker {rates[1][-1]:.1f}/min, 2 workers {rates[2][-1]:.1f}/min",
+                  flush=True)
+    ratio = median(rates[2]) / median(rates[1])
+    met = ratio >= TARGET
+    write_results("workers", {"machine": info, "rounds": rounds, "n_trials": n_trials, "trials_per_minute": rates,
+                              "ratio": ratio, "target": TARGET, "met": met})
+    print_table(["workers", "median trials/min", "min", "max"],
+                [[w, median(r), min(r), max(r)] for w, r in rates.items()],
+                f"headline: --workers 2 / --workers 1 = {ratio:.2f}x trials per minute (target >= {TARGET}x): "
+                f"{verdict(met, machine_limited=info['cores_usable'] < 2)}",
+                [f"{n_trials} trials of digits-mlp, 10 epochs, batch 16, no pruning; SQLite storage, MLflow on"])
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
