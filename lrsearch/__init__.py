@@ -19,6 +19,8 @@ __all__ = [
     "StudyNotFoundError",
     "Task",
     "TaskError",
+    "TrialContext",
+    "TrialStopped",
     "UsageError",
     "__version__",
     "build_optimizer",
@@ -30,6 +32,8 @@ __all__ = [
 
 _LAZY = {
     "Task": "lrsearch.tasks",
+    "TrialContext": "lrsearch.function_mode",
+    "TrialStopped": "lrsearch.function_mode",
     "build_optimizer": "lrsearch.optimizers",
     "build_scheduler": "lrsearch.optimizers",
     "load_spec": "lrsearch.spec",
@@ -38,6 +42,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from lrsearch.function_mode import TrialContext, TrialStopped
     from lrsearch.lr_finder import lr_find
     from lrsearch.optimizers import build_optimizer, build_scheduler
     from lrsearch.spec import load_spec

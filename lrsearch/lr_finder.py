@@ -130,6 +130,9 @@ def lr_find(
         raise UsageError("lr range test: " + "; ".join(problems))
     prepared = prepared_or_spec if isinstance(prepared_or_spec, Prepared) else prepare(resolve_spec(prepared_or_spec))
     spec = prepared.spec
+    if prepared.task is None:
+        raise UsageError(f"lr-find trains a Task, and task.function {spec.task.function!r} is a training function "
+                         "(allowed: a built-in task or task.entrypoint)")
     names = list(optimizers) if optimizers else list(spec.search.optimizers)
     unknown = [name for name in names if name not in PRESETS]
     if unknown:

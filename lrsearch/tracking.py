@@ -62,6 +62,9 @@ class MlflowTracker:
         self._run_ids: dict[int, str] = {}
 
     def study_started(self, study: optuna.Study, spec: StudySpec) -> None:
+        if not self.storage_url:  # the tracking process reads the study back (best trial, plots) from its storage
+            backend = getattr(study._storage, "_backend", study._storage)
+            self.storage_url = str(getattr(backend, "url", ""))
         parent, child = Pipe()
         self._process = subprocess.Popen([sys.executable, "-m", "lrsearch.tracking", str(child.fileno())],
                                          pass_fds=[child.fileno()])

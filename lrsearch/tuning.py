@@ -12,11 +12,12 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from lrsearch.errors import SpecError, TrialRuntimeError, UsageError
+from lrsearch.errors import SpecError, TaskError, TrialRuntimeError, UsageError
 from lrsearch.spec import StudySpec, load_spec, spec_from_dict
 
 if TYPE_CHECKING:
@@ -118,7 +119,9 @@ def configure_threads(threads: int | None, workers: int = 1, prepared: Prepared 
 
     share = max(1, (os.cpu_count() or 1) // workers)
     count = threads or share
-    if threads is None and share > 1 and prepared is not None and prepared.device == "cpu":
+    # Function mode has no Task to time: the user's loop runs with the core share.
+    if threads is None and share > 1 and prepared is not None and prepared.task is not None \
+            and prepared.device == "cpu":
         count = _fastest_threads(prepared, (1, share))
     torch.set_num_threads(count)
     return count
@@ -149,17 +152,26 @@ class Prepared:
     """Everything a process loads once and reuses for every trial."""
 
     spec: StudySpec
-    task: Task
-    data: TrainData
+    task: Task | None
+    data: TrainData | None
     device: str
+    function: Callable[..., Any] | None = None
+    """Function mode (``task.function``): the user's ``train(ctx)``; ``task`` and ``data`` are then None."""
 
 
 def prepare(spec: StudySpec) -> Prepared:
-    """Load the task and its data onto the device once; check the objective metric and batch size against it."""
+    """Load the task and its data onto the device once; check the objective metric and batch size against it.
+
+    Function mode imports ``task.function`` instead; its objective metric is checked at its first report.
+    """
     from lrsearch.tasks import load_task
     from lrsearch.trial_runner import TrainData
 
     device = resolve_device(spec.train.device)
+    if not isinstance(spec.task, str) and spec.task.function is not None:
+        from lrsearch.function_mode import load_function
+
+        return Prepared(spec, None, None, device, load_function(spec))
     task = load_task(spec)
     problems = []
     if spec.objective.metric not in task.metric_names():
@@ -187,6 +199,8 @@ class Objective:
     observers: list[TuneObserver] = field(default_factory=list)
     collective: Collective | None = None
     world_size: int = 1
+    fatal: BaseException | None = None
+    """A misuse of the trial context (:class:`~lrsearch.errors.TaskError`): every trial would fail alike."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         import optuna
@@ -210,9 +224,18 @@ class Objective:
         collective = self.collective or SINGLE_PROCESS
         try:
             collective.begin_trial(config, settings)
-            outcome = train_trial(self.prepared.task, self.prepared.data, config, settings,
-                                  on_epoch=lambda epoch: self._report(trial, epoch), collective=collective)
+            if self.prepared.function is not None:
+                from lrsearch.function_mode import run_function_trial
+
+                outcome = run_function_trial(self.prepared.function, spec, config, settings,
+                                             on_epoch=lambda epoch: self._report(trial, epoch),
+                                             device=self.prepared.device, trial_number=trial.number)
+            else:
+                outcome = train_trial(self.prepared.task, self.prepared.data, config, settings,
+                                      on_epoch=lambda epoch: self._report(trial, epoch), collective=collective)
         except BaseException as exc:
+            if isinstance(exc, TaskError):
+                self.fatal = exc
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
             for observer in self.observers:
@@ -284,6 +307,8 @@ def run_study(
             continue
         mine: list[optuna.trial.FrozenTrial] = []
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _, t, out=mine: out.append(t)])
+        if objective.fatal is not None:
+            raise objective.fatal
         if not mine or mine[0].state != states.FAIL or mine[0].user_attrs.get("fail_reason") == _TAKEN:
             failures = 0
             continue
