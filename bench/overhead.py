@@ -30,8 +30,9 @@ CONFIG = {"optimizer": "adam", "params": {"lr": 3e-3, "beta1": 0.9, "beta2": 0.9
 EPOCHS, BATCH, SEED = 20, 64, 0
 
 
-def bare_trial(task, data) -> float:
-    """The loop a user writes by hand: same seed, same shuffles, same fused Adam; loss.item() once per epoch."""
+def bare_trial(task, data, on_epoch=None) -> float:
+    """The loop a user writes by hand: same seed, same shuffles, same fused Adam. ``on_epoch(epoch, metrics)`` is
+    where the hand-wrapped variant reports to Optuna and MLflow."""
     import torch
 
     torch.manual_seed(SEED)
@@ -42,17 +43,21 @@ def bare_trial(task, data) -> float:
     for epoch in range(EPOCHS):
         model.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(SEED * 1_000_003 + epoch))
+        total = torch.zeros(())
         for start in range(0, n, BATCH):
             index = order[start : start + BATCH]
             loss = task.loss(model(data.train_x[index]), data.train_y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            total += loss.detach() * len(index)
         model.eval()
         with torch.no_grad():
             output = model(data.val_x)
             val_loss = task.loss(output, data.val_y).item()
-            task.metrics["accuracy"](output, data.val_y)
+            accuracy = task.metrics["accuracy"](output, data.val_y)
+        if on_epoch is not None:
+            on_epoch(epoch, {"train_loss": total.item() / n, "val_loss": val_loss, "val_accuracy": accuracy})
     return val_loss
 
 
@@ -60,40 +65,19 @@ def handwritten_optuna_mlflow(task, data, trials: int, tmp: Path) -> float:
     """What an Optuna + MLflow user writes: a nested mlflow run per trial, synchronous per-epoch logging."""
     import mlflow
     import optuna
-    import torch
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'hand_mlflow.db'}")
     mlflow.set_experiment("hand")
     study = optuna.create_study(storage=f"sqlite:///{tmp / 'hand.db'}", study_name="hand", load_if_exists=True)
 
     def objective(trial: optuna.Trial) -> float:
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics(metrics, step=epoch)
+            trial.report(metrics["val_loss"], epoch)
+
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
             mlflow.log_params({"optimizer": "adam", "lr": 3e-3})
-            torch.manual_seed(SEED)
-            model = task.model()
-            optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, fused=True)
-            n = len(data.train_x)
-            val_loss = math.nan
-            for epoch in range(EPOCHS):
-                model.train()
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(SEED * 1_000_003 + epoch))
-                total = torch.zeros(())
-                for start in range(0, n, BATCH):
-                    index = order[start : start + BATCH]
-                    loss = task.loss(model(data.train_x[index]), data.train_y[index])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.detach() * len(index)
-                model.eval()
-                with torch.no_grad():
-                    output = model(data.val_x)
-                    val_loss = task.loss(output, data.val_y).item()
-                    accuracy = task.metrics["accuracy"](output, data.val_y)
-                mlflow.log_metrics({"train_loss": total.item() / n, "val_loss": val_loss, "val_accuracy": accuracy},
-                                   step=epoch)
-                trial.report(val_loss, epoch)
-            return val_loss
+            return bare_trial(task, data, on_epoch)
 
     with mlflow.start_run(run_name="study"):
         started = time.perf_counter()
