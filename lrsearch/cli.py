@@ -85,6 +85,8 @@ format_option = click.option("--format", "fmt", default="table", metavar="table|
 @click.option("--device", metavar="auto|cpu|cuda", help="Training device.")
 @click.option("--nproc-per-trial", metavar="N|auto", default=None,
               help="DDP ranks per trial on this machine (gloo on CPU; NCCL, one GPU per rank; auto = visible GPUs).")
+@click.option("--batch-trials", type=int, metavar="K", default=None,
+              help="Train K trials at once as one stacked model (torch.func.vmap); one process per trial only.")
 @click.option("--lr-range", metavar="auto|preset", default=None,
               help="auto: narrow each optimizer's lr interval with an LR range test before the first trial.")
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
@@ -97,8 +99,9 @@ format_option = click.option("--format", "fmt", default="table", metavar="table|
 @click.option("--worker-of", type=int, default=None, hidden=True)
 def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: float | None, storage: str | None,
          study_name: str | None, sampler: str | None, pruner: str | None, seed: int | None, device: str | None,
-         nproc_per_trial: str | None, lr_range: str | None, no_progress: bool, tracking_uri: str | None,
-         experiment: str | None, no_mlflow: bool, workers: int, worker_of: int | None) -> None:
+         nproc_per_trial: str | None, batch_trials: int | None, lr_range: str | None, no_progress: bool,
+         tracking_uri: str | None, experiment: str | None, no_mlflow: bool, workers: int,
+         worker_of: int | None) -> None:
     """Run a study to its budget; rerun the same command to resume it."""
     from rich.console import Console
 
@@ -111,7 +114,8 @@ def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: flo
     if workers < 1:
         raise UsageError(f"--workers must be a positive integer (got {workers})")
     overrides = Overrides(n_trials=n_trials, epochs=epochs, timeout=timeout, sampler=sampler, pruner=pruner,
-                          seed=seed, device=device, nproc_per_trial=nproc_per_trial, lr_range=lr_range)
+                          seed=seed, device=device, nproc_per_trial=nproc_per_trial, lr_range=lr_range,
+                          batch_trials=batch_trials)
     console = Console()
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports and tracks
     tracker = None

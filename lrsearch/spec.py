@@ -78,6 +78,8 @@ class Train(_Strict):
     nproc_per_trial: int | Literal["auto"] = 1
     rank_timeout: float = Field(60.0, gt=0)
     threads: int | None = Field(None, gt=0)
+    batch_trials: int = Field(1, gt=0)
+    """Trials trained together as one stacked model (``torch.func.vmap``); 1 trains them one at a time."""
 
     @field_validator("device")
     @classmethod
@@ -92,6 +94,13 @@ class Train(_Strict):
         if isinstance(value, int) and value <= 0:
             raise ValueError(f"must be a positive integer or 'auto' (got {value})")
         return value
+
+    @model_validator(mode="after")
+    def _one_process_per_batch(self) -> Train:
+        if self.batch_trials > 1 and isinstance(self.nproc_per_trial, int) and self.nproc_per_trial > 1:
+            raise ValueError(f"batch_trials {self.batch_trials} trains its trials stacked in one process; it cannot "
+                             f"be combined with nproc_per_trial {self.nproc_per_trial}")
+        return self
 
 
 class Search(_Strict):
@@ -201,6 +210,13 @@ class StudySpec(_Strict):
                 "or {entrypoint: 'module:function', args: {...}})"
             )
         return value
+
+    @model_validator(mode="after")
+    def _batch_needs_a_task(self) -> StudySpec:
+        if self.train.batch_trials > 1 and isinstance(self.task, TaskRef) and self.task.function is not None:
+            raise ValueError(f"train.batch_trials {self.train.batch_trials}: a training function (task.function) "
+                             "trains one trial at a time; stacking needs a Task (built-in or task.entrypoint)")
+        return self
 
     @field_validator("objective")
     @classmethod

@@ -71,6 +71,7 @@ class Overrides:
     device: str | None = None
     nproc_per_trial: int | str | None = None
     lr_range: str | None = None
+    batch_trials: int | None = None
 
     def apply(self, spec: StudySpec) -> StudySpec:
         data = spec.model_dump(mode="json")
@@ -79,6 +80,7 @@ class Overrides:
             ("budget", "timeout"): self.timeout, ("sampler", "name"): self.sampler, ("pruner", "name"): self.pruner,
             ("train", "seed"): self.seed, ("train", "device"): self.device,
             ("train", "nproc_per_trial"): self.nproc_per_trial, ("search", "lr_range"): self.lr_range,
+            ("train", "batch_trials"): self.batch_trials,
         }
         for (section, key), value in updates.items():
             if value is not None:
@@ -130,13 +132,17 @@ def configure_threads(threads: int | None, workers: int = 1, prepared: Prepared 
 def _fastest_threads(prepared: Prepared, candidates: tuple[int, ...]) -> int:
     import torch
 
+    from lrsearch.batched import time_stacked_steps
     from lrsearch.trial_runner import time_training_steps
 
     best: dict[int, float] = {}
+    batch_size, stacked = prepared.spec.train.batch_size, prepared.spec.train.batch_trials
     for _ in range(2):  # alternate, so a burst of other work does not decide it alone
         for count in candidates:
             torch.set_num_threads(count)
-            seconds = time_training_steps(prepared.task, prepared.data, prepared.spec.train.batch_size)
+            # Stacked trials run bigger matrix products than one model: they may want threads one model does not.
+            seconds = time_training_steps(prepared.task, prepared.data, batch_size) if stacked == 1 else \
+                time_stacked_steps(prepared.task, prepared.data, batch_size, stacked)
             best[count] = min(best.get(count, math.inf), seconds)
     return min(candidates, key=lambda count: best[count])
 
@@ -350,6 +356,9 @@ def run_tune(
     # Under torchrun, train.nproc_per_trial is ignored: torchrun's --nproc-per-node decides.
     nproc = launch["world_size"] if launch else resolve_nproc(spec.train.nproc_per_trial, prepared.device)
     check_batch_size(spec.train.batch_size, nproc)
+    if spec.train.batch_trials > 1 and (launch is not None or nproc > 1):
+        raise UsageError(f"train.batch_trials {spec.train.batch_trials} trains its trials stacked in one process: "
+                         f"it cannot run with {nproc} ranks per trial (nproc_per_trial or torchrun)")
     study = create_study(spec, open_storage(url), study_name or spec.name)
     finished = count_trials(study) >= spec.budget.n_trials
     if finished and launch is None:
@@ -364,7 +373,12 @@ def run_tune(
         for observer in observers:
             observer.study_started(study, spec)
         try:
-            run_study(study, prepared, observers, collective, world_size=nproc)
+            if spec.train.batch_trials > 1:
+                from lrsearch.batched import run_study_batched
+
+                run_study_batched(study, prepared, observers, spec.train.batch_trials)
+            else:
+                run_study(study, prepared, observers, collective, world_size=nproc)
         except BaseException as exc:
             for observer in observers:
                 observer.study_ended(study, exc)
@@ -404,7 +418,7 @@ def tune(
         study_name: Defaults to the study file's ``name``.
         observers: Progress display, tracking: see :class:`TuneObserver`.
         **overrides: Single fields to replace, as the CLI flags: ``n_trials``, ``epochs``, ``timeout``,
-            ``sampler``, ``pruner``, ``seed``, ``device``, ``nproc_per_trial``, ``lr_range``.
+            ``sampler``, ``pruner``, ``seed``, ``device``, ``nproc_per_trial``, ``lr_range``, ``batch_trials``.
 
     Returns:
         The study; ``None`` on a non-zero rank under torchrun (rank 0 holds the study).

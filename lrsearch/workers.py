@@ -137,7 +137,8 @@ def passthrough_args(params: dict[str, Any]) -> list[str]:
     """The ``tune`` options a worker repeats, rebuilt from the parsed CLI parameters."""
     flags = {"n_trials": "--n-trials", "epochs": "--epochs", "timeout": "--timeout", "sampler": "--sampler",
              "pruner": "--pruner", "seed": "--seed", "device": "--device", "nproc_per_trial": "--nproc-per-trial",
-             "lr_range": "--lr-range", "tracking_uri": "--tracking-uri", "experiment": "--experiment"}
+             "lr_range": "--lr-range", "batch_trials": "--batch-trials", "tracking_uri": "--tracking-uri",
+             "experiment": "--experiment"}
     args: list[str] = []
     for name, flag in flags.items():
         if params.get(name) is not None:
