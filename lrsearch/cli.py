@@ -260,12 +260,13 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
     click.echo(f"MLflow UI for {mask_password(uri)} at http://{'localhost' if host == '127.0.0.1' else host}:{port}")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
                "--port", str(port)]
-    process = subprocess.Popen(command)
+    _stop_on_first_signal()
+    # Its own process group: the MLflow server starts workers of its own, and all of them go when we do.
+    process = subprocess.Popen(command, start_new_session=True)
     try:
         code = process.wait()
     except KeyboardInterrupt:
-        process.terminate()
-        process.wait(timeout=30)
+        _stop_group(process)
         raise
     if code != 0:
         from lrsearch.errors import TrialRuntimeError
@@ -329,6 +330,20 @@ def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
 
     if fmt not in allowed:
         raise UsageError(f"--format {fmt!r} is not known (allowed: {', '.join(allowed)})")
+
+
+def _stop_group(process: Any) -> None:
+    """SIGTERM a process group, then SIGKILL whatever of it is left (workers the MLflow server started)."""
+    import contextlib
+    import subprocess
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def _stop_on_first_signal() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -26,6 +27,20 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _server_processes(uri: str) -> list[int]:
+    """Pids of processes whose command line names this tracking store (the MLflow server and its workers)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if uri.encode() in handle.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
 
 
 def _api(base: str, path: str, body: dict | None = None) -> dict:
@@ -57,8 +72,9 @@ def server(tmp_path):
     else:
         pytest.fail("the MLflow UI did not come up within 120 s")
     yield base, process
-    process.terminate()
-    process.wait(timeout=30)
+    process.terminate()  # lrsearch ui stops the MLflow server and its workers with it
+    assert process.wait(timeout=60) == 143
+    assert not _server_processes(uri), "the MLflow server outlived lrsearch ui"
 
 
 def test_ui_serves_the_parent_and_child_runs(server) -> None:
