@@ -87,3 +87,11 @@ def test_schedules_start_near_lr_and_decay(schedule: str) -> None:
 def test_constant_schedule_is_none() -> None:
     optimizer = torch.optim.SGD(_model().parameters(), lr=0.1)
     assert build_scheduler({"optimizer": "sgd", "schedule": {"name": "constant"}}, optimizer, 10) is None
+
+
+def test_large_cpu_tensors_skip_foreach_where_the_per_tensor_loop_is_faster() -> None:
+    big = [torch.nn.Parameter(torch.zeros(512, 512)) for _ in range(2)]
+    assert create_optimizer("RMSprop", {"lr": 1e-3}, big)[1] == "default"
+    assert create_optimizer("Adam", {"lr": 1e-3}, big)[1] == "fused"  # fused stays the pick: one kernel per step
+    small = [torch.nn.Parameter(torch.zeros(64, 64)) for _ in range(2)]
+    assert create_optimizer("RMSprop", {"lr": 1e-3}, small)[1] == "foreach"
