@@ -334,27 +334,22 @@ def run_study_batched(study: optuna.Study, prepared: Prepared, observers: Sequen
     """
     import optuna
 
-    from lrsearch.tuning import _TAKEN, MAX_CONSECUTIVE_FAILURES, POLL_SECONDS
+    from lrsearch.tuning import _TAKEN, MAX_CONSECUTIVE_FAILURES, free_slots
 
     spec, states = prepared.spec, optuna.trial.TrialState
     deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
     failures = 0
     while deadline is None or time.monotonic() < deadline:
-        trials = study.get_trials(deepcopy=False)
-        done = sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials)
-        running = sum(t.state == states.RUNNING for t in trials)
-        waiting = sum(t.state == states.WAITING for t in trials)
-        if done >= spec.budget.n_trials:
+        free = free_slots(study, spec.budget.n_trials)
+        if free is None:
             return
-        if done + running + waiting >= spec.budget.n_trials and waiting == 0:
-            time.sleep(POLL_SECONDS)  # the rest of the budget runs elsewhere, or in a dead process: retry it
-            _fail_stale_trials(study)
+        if free == 0:
             continue
         _fail_stale_trials(study)  # as study.optimize does before each trial: a dead worker's trials come first
         with warnings.catch_warnings():
             # "Heartbeat of storage is supposed to be used with Study.optimize": _heartbeats keeps it, as optimize does.
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            asked = [study.ask() for _ in range(min(batch_trials, max(1, spec.budget.n_trials - done - running)))]
+            asked = [study.ask() for _ in range(min(batch_trials, free))]
         live = (states.COMPLETE, states.PRUNED, states.RUNNING, states.WAITING)
         numbers = [t.number for t in study.get_trials(deepcopy=False, states=live)]
         batch = []

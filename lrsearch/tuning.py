@@ -280,6 +280,28 @@ class Objective:
             raise _BudgetReached()
 
 
+def free_slots(study: optuna.Study, n_trials: int) -> int | None:
+    """How many trials this process may start now: None when the budget is complete; 0 (after waiting a poll
+    interval) while the rest of the budget runs elsewhere or in a dead process, whose trials Optuna fails once
+    their heartbeat is stale and queues for retry (optimize does the same check before every trial)."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    done = sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials)
+    running = sum(t.state == states.RUNNING for t in trials)
+    waiting = sum(t.state == states.WAITING for t in trials)
+    if done >= n_trials:
+        return None
+    if done + running + waiting >= n_trials and waiting == 0:
+        time.sleep(POLL_SECONDS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        return 0
+    return max(1, n_trials - done - running)
+
+
 def run_study(
     study: optuna.Study, prepared: Prepared, observers: list[TuneObserver] | None = None,
     collective: Collective | None = None, world_size: int = 1,
@@ -297,19 +319,10 @@ def run_study(
     states = optuna.trial.TrialState
     failures = 0
     while deadline is None or time.monotonic() < deadline:
-        trials = study.get_trials(deepcopy=False)
-        done = sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials)
-        running = sum(t.state == states.RUNNING for t in trials)
-        waiting = sum(t.state == states.WAITING for t in trials)
-        if done >= spec.budget.n_trials:
+        free = free_slots(study, spec.budget.n_trials)
+        if free is None:
             return
-        if done + running + waiting >= spec.budget.n_trials and waiting == 0:
-            # The rest of the budget is running elsewhere, or in a dead process: Optuna fails a trial whose
-            # heartbeat went stale and queues its retry (optimize does this check itself before every trial).
-            time.sleep(POLL_SECONDS)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+        if free == 0:
             continue
         mine: list[optuna.trial.FrozenTrial] = []
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _, t, out=mine: out.append(t)])
