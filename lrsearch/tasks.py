@@ -158,6 +158,8 @@ def load_task(spec: StudySpec) -> Task:
         task = function(**spec.task.args)
     except TypeError as exc:
         raise TaskError(f"task.entrypoint {spec.task.entrypoint!r} rejected task.args {spec.task.args}: {exc}") from exc
+    except Exception as exc:  # the user's code failed building its task: say where, in one line
+        raise TaskError(f"task.entrypoint {spec.task.entrypoint!r} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(task, Task):
         raise TaskError(
             f"task.entrypoint {spec.task.entrypoint!r} returned {type(task).__name__}, expected lrsearch.Task"

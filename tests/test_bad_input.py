@@ -21,6 +21,9 @@ MODULE = textwrap.dedent('''
 
     def needs_args(width):
         return lrsearch.Task(None, None, None, None)
+
+    def broken():
+        raise ValueError("no data in /nowhere")
 ''')
 
 
@@ -64,6 +67,8 @@ CASES = [
      "returned dict, expected lrsearch.Task"),
     ("entrypoint rejects args", study(task={"entrypoint": "user_tasks:needs_args", "args": {"depth": 2}}), ["tune"],
      "rejected task.args {'depth': 2}"),
+    ("entrypoint raises", study(task={"entrypoint": "user_tasks:broken"}), ["tune"],
+     "task.entrypoint 'user_tasks:broken' failed: ValueError: no data in /nowhere"),
     ("metric the task lacks", study(objective={"metric": "val_f1"}), ["tune"],
      "objective.metric: 'val_f1' is not reported by this task (allowed: train_loss, val_loss, val_accuracy)"),
     ("malformed storage", study(), ["tune", "--storage", "not a url"], "storage URL 'not a url' is malformed"),
