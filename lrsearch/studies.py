@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 import re
+import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,7 @@ GRACE_PERIOD = 4 * HEARTBEAT_INTERVAL
 MAX_RETRY = 2
 """How often the parameters of a trial whose process died are retried."""
 _SUFFICIENT_STATES = ("COMPLETE", "PRUNED")
+_SCHEMA_RETRIES = 6
 
 
 def storage_url(url: str | None) -> str:
@@ -96,18 +99,25 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage
     accepted = inspect.signature(optuna.storages.RDBStorage).parameters
     callback_arg = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in accepted else \
         "failed_trial_callback"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL,
-                grace_period=GRACE_PERIOD,
-                **{callback_arg: optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)},
-            )
-    except Exception as exc:  # SQLAlchemy's connection errors differ by driver: report any in one line
-        raise StorageError(f"cannot open storage {mask_password(url)!r}: {_first_line(exc)}") from None
+    for attempt in range(_SCHEMA_RETRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_INTERVAL,
+                    grace_period=GRACE_PERIOD,
+                    **{callback_arg: optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)},
+                )
+            break
+        except Exception as exc:  # SQLAlchemy's connection errors differ by driver: report any in one line
+            # Several machines (or workers) opening an empty database at once race to create Optuna's tables:
+            # the losers see "already exists" / a duplicate catalog key; a moment later the tables are there.
+            racing = any(s in str(exc).lower() for s in ("already exists", "duplicate key", "locked"))
+            if not racing or attempt == _SCHEMA_RETRIES - 1:
+                raise StorageError(f"cannot open storage {mask_password(url)!r}: {_first_line(exc)}") from None
+            time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
     if parsed.get_backend_name() == "sqlite":
         _write_ahead_log(storage.engine)
     return storage
