@@ -105,20 +105,12 @@ def train_trials_batched(
 def time_stacked_steps(task: Task, data: TrainData, batch_size: int, k: int, steps: int = 8) -> float:
     """Seconds for ``steps`` stacked steps of ``k`` members (SGD, lr 0) on real batches, after one warm-up: what
     :func:`~lrsearch.trial_runner.time_training_steps` is to a sequential trial, for picking torch's threads."""
-    import torch
-
-    from lrsearch.trial_runner import TrialSettings
+    from lrsearch.trial_runner import TrialSettings, time_steps
 
     configs = [{"optimizer": "sgd", "params": {"lr": 0.0}, "schedule": {"name": "constant"}}] * k
     stack = _prepare_stack(task, data, configs, TrialSettings(1, batch_size, 0), [None] * k, "auto")
-    batches = torch.arange(len(data.train_x), device=data.train_x.device).split(batch_size)
-    started = 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            started = time.perf_counter()
-        indices = batches[step % len(batches)]
-        stack.step(data.train_x[indices], data.train_y[indices], [0.0] * k)
-    return time.perf_counter() - started
+    return time_steps(lambda indices: stack.step(data.train_x[indices], data.train_y[indices], [0.0] * k),
+                      len(data.train_x), batch_size, data.train_x.device, steps)
 
 
 def _prepare_stack(task: Task, data: TrainData, configs: Sequence[dict[str, Any]], settings: TrialSettings,

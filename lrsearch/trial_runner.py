@@ -222,15 +222,24 @@ def time_training_steps(task: Task, data: TrainData, batch_size: int, steps: int
 
     model = task.model().to(data.train_x.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: time the work, change nothing that matters
-    batches = torch.arange(len(data.train_x), device=data.train_x.device).split(batch_size)
-    started = 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            started = time.perf_counter()
-        indices = batches[step % len(batches)]
+
+    def step(indices: Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
         task.loss(model(data.train_x[indices]), data.train_y[indices]).backward()
         optimizer.step()
+
+    return time_steps(step, len(data.train_x), batch_size, data.train_x.device, steps)
+
+
+def time_steps(step: Callable[[Tensor], None], n: int, batch_size: int, device: Any, steps: int) -> float:
+    """Seconds for ``steps`` calls of ``step(batch_indices)`` over consecutive batches, after one warm-up call."""
+    import torch
+
+    batches = torch.arange(n, device=device).split(batch_size)
+    step(batches[0])
+    started = time.perf_counter()
+    for index in range(1, steps + 1):
+        step(batches[index % len(batches)])
     return time.perf_counter() - started
 
 
