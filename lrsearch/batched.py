@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import TrialRuntimeError, UsageError
+from lrsearch.studies import PruneSchedule
 from lrsearch.trial_runner import CHECK_EVERY, SINGLE_PROCESS, EpochMetrics, TrialOutcome, _batches, _diverging
 
 if TYPE_CHECKING:
@@ -372,6 +373,7 @@ def _run_batch(study: optuna.Study, prepared: Prepared, observers: list[TuneObse
     space = spec.search.space().with_lr_ranges(study.user_attrs.get("lr_ranges", {}))
     settings = TrialSettings(spec.budget.epochs, spec.train.batch_size, spec.train.seed)
     configs, hooks = [], []
+    schedule = PruneSchedule(spec.pruner.name, spec.budget.epochs)
     try:
         for trial in trials:
             config = space.suggest_grid(trial, spec.search.grid_points) if spec.sampler.name == "grid" \
@@ -384,7 +386,8 @@ def _run_batch(study: optuna.Study, prepared: Prepared, observers: list[TuneObse
             trial.set_user_attr("batch", [t.number for t in trials])
             for observer in observers:
                 observer.trial_started(trial, config)
-            hooks.append(lambda epoch, trial=trial: _report(trial, epoch, spec.objective.metric, observers))
+            hooks.append(lambda epoch, trial=trial: _report(trial, epoch, spec.objective.metric, observers,
+                                                                      schedule))
         with _heartbeats(study, trials):
             outcomes = train_trials_batched(prepared.task, prepared.data, configs, settings, hooks)
     except BaseException as exc:
@@ -423,11 +426,12 @@ def _fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def _report(trial: optuna.Trial, epoch: EpochMetrics, metric: str, observers: list[TuneObserver]) -> bool:
+def _report(trial: optuna.Trial, epoch: EpochMetrics, metric: str, observers: list[TuneObserver],
+            schedule: PruneSchedule) -> bool:
     trial.report(epoch.metrics[metric], epoch.epoch)
     for observer in observers:
         observer.epoch_ended(trial, epoch)
-    return trial.should_prune()
+    return schedule.due(trial.number, epoch.epoch) and trial.should_prune()
 
 
 @contextlib.contextmanager

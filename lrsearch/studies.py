@@ -167,21 +167,69 @@ def make_sampler(name: str, seed: int | None, grid: dict[str, list[Any]] | None 
     raise UsageError(f"sampler {name!r} is not known")
 
 
+MEDIAN_STARTUP_TRIALS = 5
+MIN_RESOURCE = 1
+"""Epochs before the first successive-halving rung (Optuna's min_resource)."""
+REDUCTION_FACTOR = 3
+
+
+def median_warmup(epochs: int) -> int:
+    return min(2, epochs - 1)
+
+
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """The pruner a study file names; resources are epochs."""
+    """The pruner a study file names; resources are epochs (lrsearch reports epoch k as step k - 1)."""
     import optuna
 
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=min(2, epochs - 1))
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=median_warmup(epochs))
     if name == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=MIN_RESOURCE, reduction_factor=REDUCTION_FACTOR)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=MIN_RESOURCE, max_resource=epochs,
+                                              reduction_factor=REDUCTION_FACTOR)
     if name == "wilcoxon":
         return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
     raise UsageError(f"pruner {name!r} is not known")
+
+
+class PruneSchedule:
+    """When to ask the pruner of :func:`make_pruner` whether to stop a trial: only at the steps where it can.
+
+    ``trial.should_prune()`` reads the trial and its competitors back from the storage, about 2.5 ms on SQLite,
+    against a digits epoch of 7 ms. The decisions are the same as asking every step: successive halving and
+    Hyperband compare a trial only when its step first reaches a rung (``MIN_RESOURCE * REDUCTION_FACTOR ** k``;
+    asked earlier they return False and record nothing), the median pruner only after its warm-up, and no pruner
+    never. The schedule is kept per trial, so a function-mode task that reports epochs 0, 2, 4 is still asked at
+    4 when it passes the rung at 3.
+    """
+
+    def __init__(self, name: str, epochs: int) -> None:
+        self.name = name
+        self.epochs = epochs
+        self._last_step: dict[int, int] = {}
+
+    def due(self, trial_number: int, step: int) -> bool:
+        """Whether to ask the pruner after ``trial_number`` reported ``step``."""
+        last = self._last_step.get(trial_number, -1)
+        self._last_step[trial_number] = step
+        if self.name == "none":
+            return False
+        if self.name == "median":
+            return step >= median_warmup(self.epochs)
+        if self.name in ("sha", "hyperband"):
+            rung = MIN_RESOURCE
+            while rung <= step:
+                if rung > last:
+                    return True
+                rung *= REDUCTION_FACTOR
+            return False
+        return True
+
+    def forget(self, trial_number: int) -> None:
+        self._last_step.pop(trial_number, None)
 
 
 def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lrsearch.errors import SpecError, TaskError, TrialRuntimeError, UsageError
 from lrsearch.spec import StudySpec, load_spec, spec_from_dict
+from lrsearch.studies import PruneSchedule
 
 if TYPE_CHECKING:
     import optuna
@@ -207,6 +208,10 @@ class Objective:
     world_size: int = 1
     fatal: BaseException | None = None
     """A misuse of the trial context (:class:`~lrsearch.errors.TaskError`): every trial would fail alike."""
+    schedule: PruneSchedule = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.schedule = PruneSchedule(self.prepared.spec.pruner.name, self.prepared.spec.budget.epochs)
 
     def __call__(self, trial: optuna.Trial) -> float:
         import optuna
@@ -267,7 +272,7 @@ class Objective:
         trial.report(epoch.metrics[self.prepared.spec.objective.metric], epoch.epoch)
         for observer in self.observers:
             observer.epoch_ended(trial, epoch)
-        return trial.should_prune()
+        return self.schedule.due(trial.number, epoch.epoch) and trial.should_prune()
 
     def _claim_budget_slot(self, trial: optuna.Trial) -> None:
         import optuna

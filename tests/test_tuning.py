@@ -89,3 +89,23 @@ def test_bad_input_creates_nothing(tmp_path) -> None:
     assert not (tmp_path / "never.db").exists()
     with pytest.raises(StorageError):
         tune(tiny_study(), storage=f"sqlite:///{tmp_path}/no/such/dir/x.db")
+
+
+@pytest.mark.parametrize("pruner", ["hyperband", "sha", "median"])
+def test_asking_the_pruner_only_where_it_can_stop_decides_the_same(tmp_path, monkeypatch, pruner: str) -> None:
+    """PruneSchedule skips should_prune between rungs (and before the median's warm-up): same trials, same states,
+    the same epochs run, as asking at every epoch."""
+    from lrsearch.studies import PruneSchedule
+
+    spec = tiny_study(task="quadratic", budget={"n_trials": 24, "epochs": 10}, train={"batch_size": 128},
+                      pruner={"name": pruner}, sampler={"name": "random", "seed": 3},
+                      search={"optimizers": ["sgd"], "sgd": {"lr": {"low": 1e-4, "high": 1e-1}, "weight_decay": 0.0}})
+    scheduled = tune(spec, storage=f"sqlite:///{tmp_path / 'scheduled.db'}")
+    monkeypatch.setattr(PruneSchedule, "due", lambda self, trial_number, step: True)
+    every = tune(spec, storage=f"sqlite:///{tmp_path / 'every.db'}")
+
+    def summary(study: optuna.Study) -> list[tuple]:
+        return [(t.state, t.value, sorted(t.intermediate_values)) for t in study.trials]
+
+    assert summary(scheduled) == summary(every)
+    assert sum(t.state == State.PRUNED for t in every.trials) >= 3  # the comparison has decisions in it
