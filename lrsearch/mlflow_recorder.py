@@ -159,10 +159,14 @@ class Recorder:
                     minimize: bool) -> None:
         from mlflow.entities import RunTag
 
-        self.flush()
         run_id = self.runs.pop(number)
-        self.metrics.pop(number, None)
-        retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+        metrics = self.metrics.pop(number, [])
+        # The trial's last metrics and its result tags go in one write (a batch holds up to 1000 entries).
+        run_tags = [RunTag(k, v) for k, v in tags.items()]
+        for start in range(0, max(len(metrics), 1), 900):
+            chunk, chunk_tags = metrics[start : start + 900], run_tags if start == 0 else []
+            retry(lambda chunk=chunk, chunk_tags=chunk_tags: self.client.log_batch(run_id, metrics=chunk,
+                                                                                   tags=chunk_tags))
         retry(lambda: self.client.set_terminated(run_id, status=STATUS[state]))
         if state == "COMPLETE" and value is not None and math.isfinite(value):
             if self.best is None or (value < self.best if minimize else value > self.best):
