@@ -373,7 +373,7 @@ def _run_batch(study: optuna.Study, prepared: Prepared, observers: list[TuneObse
     space = spec.search.space().with_lr_ranges(study.user_attrs.get("lr_ranges", {}))
     settings = TrialSettings(spec.budget.epochs, spec.train.batch_size, spec.train.seed)
     configs, hooks = [], []
-    schedule = PruneSchedule(spec.pruner.name, spec.budget.epochs)
+    schedule = PruneSchedule(study.pruner, spec.budget.epochs)
     try:
         for trial in trials:
             config = space.suggest_grid(trial, spec.search.grid_points) if spec.sampler.name == "grid" \

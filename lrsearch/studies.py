@@ -12,6 +12,7 @@ import random
 import re
 import time
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import StorageError, StudyNotFoundError, UsageError
@@ -177,8 +178,18 @@ def median_warmup(epochs: int) -> int:
     return min(2, epochs - 1)
 
 
+_MADE: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+"""The pruners :func:`make_pruner` built, and the names they were built from: their schedules are known."""
+
+
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     """The pruner a study file names; resources are epochs (lrsearch reports epoch k as step k - 1)."""
+    pruner = _build_pruner(name, epochs)
+    _MADE[pruner] = name
+    return pruner
+
+
+def _build_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     import optuna
 
     if name == "none":
@@ -203,11 +214,12 @@ class PruneSchedule:
     Hyperband compare a trial only when its step first reaches a rung (``MIN_RESOURCE * REDUCTION_FACTOR ** k``;
     asked earlier they return False and record nothing), the median pruner only after its warm-up, and no pruner
     never. The schedule is kept per trial, so a function-mode task that reports epochs 0, 2, 4 is still asked at
-    4 when it passes the rung at 3.
+    4 when it passes the rung at 3. A pruner that :func:`make_pruner` did not build (one set on the study by hand)
+    is asked every epoch.
     """
 
-    def __init__(self, name: str, epochs: int) -> None:
-        self.name = name
+    def __init__(self, pruner: optuna.pruners.BasePruner, epochs: int) -> None:
+        self.name = _MADE.get(pruner, "unknown")
         self.epochs = epochs
         self._last_step: dict[int, int] = {}
 

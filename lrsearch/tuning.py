@@ -211,7 +211,7 @@ class Objective:
     schedule: PruneSchedule = field(init=False)
 
     def __post_init__(self) -> None:
-        self.schedule = PruneSchedule(self.prepared.spec.pruner.name, self.prepared.spec.budget.epochs)
+        self.schedule = PruneSchedule(self.study.pruner, self.prepared.spec.budget.epochs)
 
     def __call__(self, trial: optuna.Trial) -> float:
         import optuna
