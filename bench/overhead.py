@@ -7,8 +7,8 @@ variants differ only in what surrounds the loop. The floor under any Optuna-back
 the bare loop by hand in ``study.optimize`` on SQLite with the same results recorded, with and without a
 ``trial.report`` every epoch; and lrsearch on Optuna's in-memory storage shows its own code without the storage.
 Also: the default study (Hyperband) with the pruner asked at its rungs only, as lrsearch does, vs at every epoch.
-All are interleaved round by round and the per-trial medians compared. One-time costs (creating the study, starting the tracking process) are reported apart: they are paid
-once per ``tune``, not per trial.
+All are interleaved round by round and the per-trial medians compared. One-time costs (creating the study,
+starting the tracking process) are reported apart: they are paid once per ``tune``, not per trial.
 
     python bench/overhead.py [--quick]
 
