@@ -181,7 +181,8 @@ def main() -> int:
     rounds, trials = (3, 3) if args.quick else (5, 6)
 
     from lrsearch.spec import spec_from_dict
-    from lrsearch.tuning import configure_threads, prepare
+    from lrsearch.threads import configure_threads
+    from lrsearch.tuning import prepare
 
     spec = spec_from_dict({
         "name": "overhead", "task": "digits-mlp", "budget": {"n_trials": trials, "epochs": EPOCHS},

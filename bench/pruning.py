@@ -76,7 +76,8 @@ def run_job(pruner: str, seed: int, epochs: int | None, workdir: str, n_trials: 
     exactly as in one ``tune`` of ``n_trials``."""
     from lrsearch.spec import spec_from_dict
     from lrsearch.studies import create_study, open_storage
-    from lrsearch.tuning import Overrides, configure_threads, prepare, run_study
+    from lrsearch.threads import configure_threads
+    from lrsearch.tuning import Overrides, prepare, run_study
 
     data = study_dict(pruner, seed, epochs, n_trials)
     storage = f"sqlite:///{Path(workdir) / f'{pruner}-seed{seed}.db'}"

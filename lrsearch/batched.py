@@ -366,8 +366,8 @@ def _run_batch(study: optuna.Study, prepared: Prepared, observers: list[TuneObse
     """Sample, train and tell one batch; True when it failed (every trial of it is then FAIL)."""
     import optuna
 
+    from lrsearch.threads import torch_threads
     from lrsearch.trial_runner import TrialSettings
-    from lrsearch.tuning import torch_threads
 
     spec, fail = prepared.spec, optuna.trial.TrialState.FAIL
     space = spec.search.space().with_lr_ranges(study.user_attrs.get("lr_ranges", {}))

@@ -293,7 +293,8 @@ def lr_find(study_file: str, optimizers: tuple[str, ...], start: float, end: flo
 
     from lrsearch.lr_finder import lr_find as range_test
     from lrsearch.lr_finder import narrowed_lr_ranges
-    from lrsearch.tuning import configure_threads, prepare, resolve_spec
+    from lrsearch.threads import configure_threads
+    from lrsearch.tuning import prepare, resolve_spec
 
     _check_format(fmt, ("table", "json"))
     spec = resolve_spec(study_file)

@@ -393,7 +393,7 @@ def open_gang(prepared: Prepared, nproc: int) -> Iterator[Collective]:
     check_batch_size(prepared.spec.train.batch_size, nproc)
     import torch
 
-    from lrsearch.tuning import configure_threads
+    from lrsearch.threads import configure_threads
     gang, threads = _Gang(prepared, nproc), torch.get_num_threads()
     configure_threads(prepared.spec.train.threads, workers=nproc)  # ranks on one machine share its cores
     try:

@@ -26,7 +26,7 @@ def _follower_main(argv: list[str]) -> int:
     import torch.distributed as dist
 
     from lrsearch.spec import spec_from_dict
-    from lrsearch.tuning import configure_threads
+    from lrsearch.threads import configure_threads
     store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=STARTUP_TIMEOUT))
     try:
         spec = spec_from_dict(payload["spec"], payload["source"] or "<study>")

@@ -82,7 +82,7 @@ def follow_torchrun(spec: StudySpec, env: dict[str, Any]) -> int:
 
     It touches no storage and no observers. Returns the number of trials trained.
     """
-    from lrsearch.tuning import configure_threads
+    from lrsearch.threads import configure_threads
     configure_threads(spec.train.threads, workers=env["local_world_size"])  # ranks on one node share its cores
     prepared = prepare_rank(spec, env["local_rank"])
     with open_torchrun_collective(prepared, env) as collective:
