@@ -386,8 +386,7 @@ def _run_batch(study: optuna.Study, prepared: Prepared, observers: list[TuneObse
             trial.set_user_attr("batch", [t.number for t in trials])
             for observer in observers:
                 observer.trial_started(trial, config)
-            hooks.append(lambda epoch, trial=trial: _report(trial, epoch, spec.objective.metric, observers,
-                                                                      schedule))
+            hooks.append(lambda epoch, trial=trial: _report(trial, epoch, spec.objective.metric, observers, schedule))
         with _heartbeats(study, trials):
             outcomes = train_trials_batched(prepared.task, prepared.data, configs, settings, hooks)
     except BaseException as exc:

@@ -240,9 +240,6 @@ class PruneSchedule:
             return False
         return True
 
-    def forget(self, trial_number: int) -> None:
-        self._last_step.pop(trial_number, None)
-
 
 def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
     """Create the study, or load it to resume; the study file is kept in its user attrs."""
