@@ -327,17 +327,11 @@ def run_study_batched(study: optuna.Study, prepared: Prepared, observers: Sequen
     """
     import optuna
 
-    from lrsearch.tuning import _TAKEN, MAX_CONSECUTIVE_FAILURES, free_slots
+    from lrsearch.tuning import _TAKEN, MAX_CONSECUTIVE_FAILURES, open_slots
 
     spec, states = prepared.spec, optuna.trial.TrialState
-    deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
     failures = 0
-    while deadline is None or time.monotonic() < deadline:
-        free = free_slots(study, spec.budget.n_trials)
-        if free is None:
-            return
-        if free == 0:
-            continue
+    for free in open_slots(study, spec.budget):
         _fail_stale_trials(study)  # as study.optimize does before each trial: a dead worker's trials come first
         with warnings.catch_warnings():
             # "Heartbeat of storage is supposed to be used with Study.optimize": _heartbeats keeps it, as optimize does.

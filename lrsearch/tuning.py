@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lrsearch.errors import SpecError, TaskError, TrialRuntimeError, UsageError
-from lrsearch.spec import StudySpec, load_spec, spec_from_dict
+from lrsearch.spec import Budget, StudySpec, load_spec, spec_from_dict
 from lrsearch.studies import PruneSchedule
 from lrsearch.threads import configure_threads, torch_threads
 
@@ -264,6 +264,18 @@ def free_slots(study: optuna.Study, n_trials: int) -> int | None:
     return max(1, n_trials - done - running)
 
 
+def open_slots(study: optuna.Study, budget: Budget) -> Iterator[int]:
+    """How many trials this process may start, each time it may start some, until the study's budget
+    (``n_trials``, ``timeout``) is spent; both study loops (sequential and batched) run on it."""
+    deadline = time.monotonic() + budget.timeout if budget.timeout else None
+    while deadline is None or time.monotonic() < deadline:
+        free = free_slots(study, budget.n_trials)
+        if free is None:
+            return
+        if free:
+            yield free
+
+
 def run_study(
     study: optuna.Study, prepared: Prepared, observers: list[TuneObserver] | None = None,
     collective: Collective | None = None, world_size: int = 1,
@@ -277,15 +289,9 @@ def run_study(
 
     spec = prepared.spec
     objective = Objective(study, prepared, list(observers or []), collective, world_size)
-    deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
     states = optuna.trial.TrialState
     failures = 0
-    while deadline is None or time.monotonic() < deadline:
-        free = free_slots(study, spec.budget.n_trials)
-        if free is None:
-            return
-        if free == 0:
-            continue
+    for _ in open_slots(study, spec.budget):
         mine: list[optuna.trial.FrozenTrial] = []
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _, t, out=mine: out.append(t)])
         if objective.fatal is not None:
