@@ -97,9 +97,10 @@ def breakdown(k: int) -> dict[str, float]:
     matrix products alone (torch.bmm: per layer x @ W^T, g^T @ x and but for the first layer g @ W)."""
     import torch
 
-    from lrsearch import batched
-    from lrsearch.tasks import digits_mlp
-    from lrsearch.trial_runner import TrainData, TrialSettings
+    from lrsearch.training import batched
+    from lrsearch.training.data import TrainData
+    from lrsearch.training.tasks import digits_mlp
+    from lrsearch.training.trial import TrialSettings
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -115,14 +116,14 @@ def breakdown(k: int) -> dict[str, float]:
         task.loss(model(x), y).backward()
         optimizer.step()
 
-    stack = batched._prepare_stack(task, data, make_configs(k), TrialSettings(1, 64, 0), [None] * k, "auto")
+    stack = batched.prepare_stack(task, data, make_configs(k), TrialSettings(1, 64, 0), [None] * k, "auto")
     lrs = [1e-3] * k
 
     def updates() -> None:
         start = 0
-        for rule in stack.rules:
-            rule.step(stack.grad[start:start + len(rule)], lrs[start:start + len(rule)])
-            start += len(rule)
+        for update in stack.updates:
+            update.step(stack.grad[start:start + len(update)], lrs[start:start + len(update)])
+            start += len(update)
 
     dims, shapes = [64, 128, 128, 10], []
     for i in range(3):
@@ -142,9 +143,11 @@ def breakdown(k: int) -> dict[str, float]:
 
 def run_rounds(ks: list[int], rounds: int, epochs: int) -> dict[int, dict[str, Any]]:
     """Per round: the sequential trials (each timed), then a stacked run per K."""
-    from lrsearch.batched import train_trials_batched
-    from lrsearch.tasks import digits_mlp
-    from lrsearch.trial_runner import TrainData, TrialSettings, train_trial
+    from lrsearch.training.batched import train_trials_batched
+    from lrsearch.training.data import TrainData
+    from lrsearch.training.runner import train_trial
+    from lrsearch.training.tasks import digits_mlp
+    from lrsearch.training.trial import TrialSettings
 
     task = digits_mlp()
     data = TrainData.from_task(task, "cpu")
@@ -195,9 +198,11 @@ def _status_kib(field: str) -> int:
 
 
 def _memory_child(mode: str, k: int, epochs: int) -> None:
-    from lrsearch.batched import train_trials_batched
-    from lrsearch.tasks import digits_mlp
-    from lrsearch.trial_runner import TrainData, TrialSettings, train_trial
+    from lrsearch.training.batched import train_trials_batched
+    from lrsearch.training.data import TrainData
+    from lrsearch.training.runner import train_trial
+    from lrsearch.training.tasks import digits_mlp
+    from lrsearch.training.trial import TrialSettings
 
     task = digits_mlp()
     data = TrainData.from_task(task, "cpu")
@@ -219,9 +224,10 @@ def profile(k: int) -> float:
     """One stacked epoch of K members under torch.profiler: the share of its time in matrix products."""
     from torch.profiler import profile as torch_profile
 
-    from lrsearch.batched import train_trials_batched
-    from lrsearch.tasks import digits_mlp
-    from lrsearch.trial_runner import TrainData, TrialSettings
+    from lrsearch.training.batched import train_trials_batched
+    from lrsearch.training.data import TrainData
+    from lrsearch.training.tasks import digits_mlp
+    from lrsearch.training.trial import TrialSettings
 
     task = digits_mlp()
     data = TrainData.from_task(task, "cpu")

@@ -1,6 +1,6 @@
 """Optimizer step time: the implementation lrsearch picks vs torch's default, for every optimizer preset.
 
-lrsearch builds every trial's optimizer with ``lrsearch.optimizers.constructor`` + ``create_optimizer``, which
+lrsearch builds every trial's optimizer with ``lrsearch.training.optimizers.constructor`` + ``create_optimizer``, which
 tries ``fused=True``, then ``foreach=True``. The baseline is the same class constructed with neither argument
 (torch's default: on CPU the per-tensor for-loop). The model is an MLP of ``--layers`` ``--width`` x ``--width``
 float32 Linear layers (weights and biases); the gradients are populated once with random values and only
@@ -42,7 +42,7 @@ LR = 1e-3
 def preset_config(name: str) -> dict[str, Any]:
     """A trial configuration for the preset: lr 1e-3, every other hyperparameter at the preset's default
     (torch's defaults; momentum 0.9 for the momentum/nesterov presets, weight decay 1e-2 for AdamW)."""
-    from lrsearch.search_space import PRESETS
+    from lrsearch.config.search_space import PRESETS
 
     preset = PRESETS[name]
     params = {"lr": LR}
@@ -101,7 +101,7 @@ def time_block(optimizer: torch.optim.Optimizer, reps: int, warm: int = 2) -> li
 def measure(name: str, width: int, layers: int, rounds: int, block_s: float) -> dict[str, Any]:
     import torch
 
-    from lrsearch.optimizers import constructor, create_optimizer
+    from lrsearch.training.optimizers import constructor, create_optimizer
 
     torch_class, kwargs = constructor(preset_config(name))
     cls = getattr(torch.optim, torch_class)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from lrsearch.search_space import PRESETS
+    from lrsearch.config.search_space import PRESETS
 
     threads = args.threads or _common.usable_cores()
     torch.set_num_threads(threads)

@@ -97,7 +97,7 @@ def handwritten_optuna(task, data, trials: int, tmp: Path, report: bool) -> floa
     3 metrics); with ``report``, ``trial.report`` of the objective every epoch, which pruning needs."""
     import optuna
 
-    from lrsearch.studies import open_storage
+    from lrsearch.study.storage import open_storage
 
     name = "optuna-report" if report else "optuna-ask-tell"
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp / f'{name}.db'}"), study_name=name,
@@ -123,9 +123,10 @@ def lrsearch_trials(spec, prepared, trials: int, tmp: Path, round_: int, trackin
     in-memory storage to see lrsearch's own code without the storage), and the one-time setup seconds."""
     import optuna
 
-    from lrsearch.studies import create_study, open_storage
-    from lrsearch.tracking import MlflowTracker
-    from lrsearch.tuning import Overrides, run_study
+    from lrsearch.config.overrides import Overrides
+    from lrsearch.study.loop import run_study
+    from lrsearch.study.storage import create_study, open_storage
+    from lrsearch.tracking.tracker import MlflowTracker
 
     # The same study with a bigger budget each round; a fresh in-memory one each round.
     spec = Overrides(n_trials=trials * (1 if in_memory else round_ + 1)).apply(spec)
@@ -134,13 +135,13 @@ def lrsearch_trials(spec, prepared, trials: int, tmp: Path, round_: int, trackin
     setup = time.perf_counter()
     storage = optuna.storages.InMemoryStorage() if in_memory else open_storage(f"sqlite:///{tmp / 'lrsearch.db'}")
     study = create_study(spec, storage, name)
-    observers = [MlflowTracker(f"sqlite:///{tmp / 'mlflow.db'}", storage_url=f"sqlite:///{tmp / 'lrsearch.db'}")]
+    observers = [MlflowTracker(f"sqlite:///{tmp / 'mlflow.db'}", None, f"sqlite:///{tmp / 'lrsearch.db'}")]
     observers = observers if tracking else []
     for observer in observers:
         observer.study_started(study, spec)
     setup = time.perf_counter() - setup
     started = time.perf_counter()
-    run_study(study, prepared, observers)
+    run_study(study, storage, prepared, observers)
     per_trial = (time.perf_counter() - started) / trials
     for observer in observers:
         observer.study_ended(study, None)
@@ -151,24 +152,24 @@ def lrsearch_trials(spec, prepared, trials: int, tmp: Path, round_: int, trackin
 def default_study_seconds(tmp: Path, every_epoch: bool, round_: int, trials: int, threads: int) -> tuple[float, list]:
     """Wall seconds per trial of the default study (``studies/digits-mlp.yaml``: TPE, Hyperband, 20 epochs) run
     through ``lrsearch.tune`` with tracking off, asking the pruner at its rungs only (lrsearch's
-    ``PruneSchedule``) or at every epoch (what a hand-written Optuna loop does); and what the trials were, to
+    ``PruningPoints``) or at every epoch (what a hand-written Optuna loop does); and what the trials were, to
     check that both ran the same trials with the same decisions."""
     import yaml
 
-    from lrsearch.studies import PruneSchedule
-    from lrsearch.tuning import tune
+    from lrsearch.study.algorithms import PruningPoints
+    from lrsearch.study.tune import tune
 
     data = yaml.safe_load((STUDIES_DIR / "digits-mlp.yaml").read_text())
     data["budget"]["n_trials"] = trials
     data["train"]["device"] = "cpu"
     data["train"]["threads"] = threads
-    due = PruneSchedule.due
+    due = PruningPoints.due
     if every_epoch:
-        PruneSchedule.due = lambda self, trial_number, step: True
+        PruningPoints.due = lambda self, trial_number, step: True
     try:
         study = tune(data, storage=f"sqlite:///{tmp / f'default-{every_epoch}-{round_}.db'}")
     finally:
-        PruneSchedule.due = due
+        PruningPoints.due = due
     # From the first trial's start to the last one's end: the study's set-up (data, storage) is not in it.
     seconds = (study.trials[-1].datetime_complete - study.trials[0].datetime_start).total_seconds() / trials
     return seconds, [(t.state.name, t.value, len(t.intermediate_values)) for t in study.trials]
@@ -180,9 +181,9 @@ def main() -> int:
     args = parser.parse_args()
     rounds, trials = (3, 3) if args.quick else (5, 6)
 
-    from lrsearch.spec import spec_from_dict
-    from lrsearch.threads import configure_threads
-    from lrsearch.tuning import prepare
+    from lrsearch.config.spec import spec_from_dict
+    from lrsearch.training.prepared import prepare
+    from lrsearch.training.threads import configure_threads
 
     spec = spec_from_dict({
         "name": "overhead", "task": "digits-mlp", "budget": {"n_trials": trials, "epochs": EPOCHS},

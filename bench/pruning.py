@@ -1,6 +1,6 @@
 """Pruning: epochs spent until the best val_loss of a no-pruning study is reached, hyperband vs none.
 
-For each sampler seed, two studies of ``studies/digits-mlp.yaml`` run through ``lrsearch.tuning.tune``, 40 trials
+For each sampler seed, two studies of ``studies/digits-mlp.yaml`` run through ``lrsearch.tune``, 40 trials
 each, the same sampler (the study file's TPE) with the same seed, the same ``train.seed``, the same study name (the
 Hyperband pruner assigns trials to brackets by hashing the study name and trial number), each in its own SQLite
 file:
@@ -74,10 +74,12 @@ def run_job(pruner: str, seed: int, epochs: int | None, workdir: str, n_trials: 
     first complete trial whose value is <= target or once it has spent ``cap`` epochs. It is lrsearch's own study
     loop (``run_study``) on one study object, so the sampler and its random state carry on from trial to trial
     exactly as in one ``tune`` of ``n_trials``."""
-    from lrsearch.spec import spec_from_dict
-    from lrsearch.studies import create_study, open_storage
-    from lrsearch.threads import configure_threads
-    from lrsearch.tuning import Overrides, prepare, run_study
+    from lrsearch.config.overrides import Overrides
+    from lrsearch.config.spec import spec_from_dict
+    from lrsearch.study.loop import run_study
+    from lrsearch.study.storage import create_study, open_storage
+    from lrsearch.training.prepared import prepare
+    from lrsearch.training.threads import configure_threads
 
     data = study_dict(pruner, seed, epochs, n_trials)
     storage = f"sqlite:///{Path(workdir) / f'{pruner}-seed{seed}.db'}"
@@ -85,10 +87,11 @@ def run_job(pruner: str, seed: int, epochs: int | None, workdir: str, n_trials: 
     spec = spec_from_dict(data)
     prepared = prepare(spec)
     configure_threads(spec.train.threads, prepared=prepared)
-    study = create_study(spec, open_storage(storage), spec.name)
+    opened = open_storage(storage)
+    study = create_study(spec, opened, spec.name)
     for total in range(1, n_trials + 1) if until else [n_trials]:
         prepared.spec = Overrides(n_trials=total).apply(spec)
-        run_study(study, prepared)
+        run_study(study, opened, prepared)
         if until is not None:
             trials = study.get_trials(deepcopy=False)
             if any(t.state.name == "COMPLETE" and t.value <= until[0] for t in trials) or \

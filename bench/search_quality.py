@@ -1,7 +1,7 @@
 """Search quality: best val_loss of TPE with lrsearch's presets after 25 trials vs random search after 100.
 
 For each task (``studies/digits-mlp.yaml``, ``studies/quadratic.yaml``) and each sampler seed, three studies run
-through ``lrsearch.tuning.tune`` on the study file, changing only what is named here:
+through ``lrsearch.tune`` on the study file, changing only what is named here:
 
 * ``tpe@25``: the study file's sampler (TPE, lrsearch's configuration) with ``search.param_names: per_optimizer``
   (the default), 25 trials;
@@ -16,8 +16,8 @@ is measured by ``bench/pruning.py``); ``--pruner study`` keeps the study file's 
 processes (one per core, one torch thread each) on a SQLite file in a temporary directory.
 
 For the quadratic, the distance in decades, |log10(lr / optimal_lr)|, between the lr of the best SGD-or-momentum
-trial and ``lrsearch.tasks.quadratic().info["optimal_lr"]`` (gradient descent's optimal step, 2/(lam_max+lam_min))
-is reported, and for the best plain-SGD trial alone.
+trial and ``lrsearch.training.tasks.quadratic().info["optimal_lr"]`` (gradient descent's optimal step,
+2/(lam_max+lam_min)) is reported, and for the best plain-SGD trial alone.
 
     python bench/search_quality.py [--quick] [--seeds 0 1 2] [--digits-epochs N] [--pruner none|study]
 
@@ -74,8 +74,8 @@ def run_job(task: str, variant: str, seed: int, epochs: int | None, pruner: str,
     """One study, in a worker process; a summary of it."""
     import optuna
 
-    from lrsearch.tasks import quadratic
-    from lrsearch.tuning import tune
+    from lrsearch.study.tune import tune
+    from lrsearch.training.tasks import quadratic
 
     data = study_dict(task, variant, seed, epochs, pruner)
     storage = f"sqlite:///{Path(workdir) / (data['name'] + '.db')}"
@@ -115,7 +115,7 @@ def quadratic_val_minimum() -> float:
     """The smallest val_loss any model of the quadratic task can reach: theta at the mean of the val samples."""
     import torch
 
-    from lrsearch.tasks import quadratic
+    from lrsearch.training.tasks import quadratic
 
     task = quadratic()
     x, y = task.val.tensors

@@ -1,7 +1,10 @@
 """lrsearch: optimizer and learning-rate search for PyTorch.
 
-The public surface. Heavy modules (torch, optuna, mlflow) load on first use of a name, so ``import lrsearch``
-and the CLI's ``--help`` stay instant.
+The public surface: users import ``lrsearch.<name>`` and never depend on the file layout. Heavy modules (torch,
+optuna, mlflow) load on first use of a name, so ``import lrsearch`` and the CLI's ``--help`` stay instant.
+
+The package is built in layers, each importing only the ones below it (checked by ``lint-imports``, see
+pyproject.toml): ``cli`` -> ``tracking`` -> ``study`` -> ``distributed`` -> ``training`` -> ``config`` -> ``errors``.
 """
 
 from __future__ import annotations
@@ -31,23 +34,23 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Task": "lrsearch.tasks",
-    "TrialContext": "lrsearch.function_mode",
-    "TrialStopped": "lrsearch.function_mode",
-    "build_optimizer": "lrsearch.optimizers",
-    "build_scheduler": "lrsearch.optimizers",
-    "load_spec": "lrsearch.spec",
-    "lr_find": "lrsearch.lr_finder",
-    "tune": "lrsearch.tuning",
+    "Task": "lrsearch.training.tasks",
+    "TrialContext": "lrsearch.training.function_mode",
+    "TrialStopped": "lrsearch.training.function_mode",
+    "build_optimizer": "lrsearch.training.optimizers",
+    "build_scheduler": "lrsearch.training.optimizers",
+    "load_spec": "lrsearch.config.spec",
+    "lr_find": "lrsearch.training.lr_finder",
+    "tune": "lrsearch.study.tune",
 }
 
 if TYPE_CHECKING:
-    from lrsearch.function_mode import TrialContext, TrialStopped
-    from lrsearch.lr_finder import lr_find
-    from lrsearch.optimizers import build_optimizer, build_scheduler
-    from lrsearch.spec import load_spec
-    from lrsearch.tasks import Task
-    from lrsearch.tuning import tune
+    from lrsearch.config.spec import load_spec
+    from lrsearch.study.tune import tune
+    from lrsearch.training.function_mode import TrialContext, TrialStopped
+    from lrsearch.training.lr_finder import lr_find
+    from lrsearch.training.optimizers import build_optimizer, build_scheduler
+    from lrsearch.training.tasks import Task
 
 
 def __getattr__(name: str) -> Any:

@@ -46,3 +46,7 @@ class TaskError(UsageError):
 
 class TrialRuntimeError(LrsearchError):
     """Training failed at run time in a way that stops the whole command."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised where a KeyboardInterrupt would be, so the running trial fails the same way as on Ctrl-C."""

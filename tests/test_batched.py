@@ -12,13 +12,16 @@ import pytest
 import torch
 from conftest import tiny_study
 
-from lrsearch.batched import _Stack, run_study_batched, train_trials_batched
-from lrsearch.batched_optim import make_updates
-from lrsearch.spec import spec_from_dict
-from lrsearch.studies import create_study, open_storage
-from lrsearch.tasks import Task, digits_mlp
-from lrsearch.trial_runner import TrainData, TrialOutcome, TrialSettings, train_trial
-from lrsearch.tuning import prepare
+from lrsearch.config.spec import spec_from_dict
+from lrsearch.study.loop import run_study
+from lrsearch.study.storage import create_study, open_storage
+from lrsearch.training.batched import Stack, train_trials_batched
+from lrsearch.training.batched_updates import make_updates
+from lrsearch.training.data import TrainData
+from lrsearch.training.prepared import prepare
+from lrsearch.training.runner import train_trial
+from lrsearch.training.tasks import Task, digits_mlp
+from lrsearch.training.trial import TrialOutcome, TrialSettings
 
 TOLERANCE = 1e-5
 """The issue's bar: per-epoch relative difference to the sequential trial (on CPU they are in fact bit-identical)."""
@@ -81,11 +84,11 @@ def test_four_members_with_mixed_hyperparameters_equal_their_sequential_trials(d
 
 
 def test_where_sequential_trials_use_foreach_the_stacked_math_equals_them(digits, monkeypatch) -> None:
-    import lrsearch.optimizers
+    import lrsearch.training.optimizers
 
     # As on a device without fused kernels: sequential trials get foreach, stacked members the stacked math.
-    monkeypatch.setattr(lrsearch.optimizers, "create_optimizer",
-                        functools.partial(lrsearch.optimizers.create_optimizer, implementation="foreach"))
+    monkeypatch.setattr(lrsearch.training.optimizers, "create_optimizer",
+                        functools.partial(lrsearch.training.optimizers.create_optimizer, implementation="foreach"))
     task, data = digits
     configs = MIXED["adamw"][:2] + MIXED["sgd"][:2] + [config("adagrad", lr=0.05, weight_decay=1e-4)]
     outcomes = train_trials_batched(task, data, configs, SETTINGS)
@@ -146,8 +149,8 @@ def test_nan_weights_in_one_row_leave_the_other_rows_gradients_alone(digits) -> 
     model = task.model()
     trainable = list(model.named_parameters())
 
-    def stack(k: int) -> _Stack:
-        return _Stack(task, model, trainable, [object()] * k, [])  # type: ignore[list-item]
+    def stack(k: int) -> Stack:
+        return Stack(task, model, trainable, [object()] * k, [])  # type: ignore[list-item]
 
     clean, poisoned = stack(2), stack(3)
     poisoned.flat[1] = math.nan
@@ -199,7 +202,7 @@ def test_each_member_follows_its_own_schedule_as_sequential(digits) -> None:
                config("adam", {"name": "warmup_cosine", "warmup_fraction": 0.05}, lr=1e-3)]
     outcomes = train_trials_batched(task, data, configs, SETTINGS)
     lrs = [[e.lr for e in o.history] for o in outcomes]
-    assert lrs[0] != lrs[1] != lrs[2] and lrs[2] == [3e-3] * 3
+    assert lrs[0] != lrs[1] and lrs[1] != lrs[2] and lrs[0] != lrs[2] and lrs[2] == [3e-3] * 3
     for batched, member in zip(outcomes, configs, strict=True):
         assert_same_outcome(batched, train_trial(task, data, member, SETTINGS))
 
@@ -221,24 +224,24 @@ def test_stacked_updates_are_torch_foreach_bit_for_bit(torch_class: str, kwargs:
     optimizer = getattr(torch.optim, torch_class)([reference], foreach=True, **kwargs)
     other = {**kwargs, "lr": kwargs["lr"] * 3, "weight_decay": 0.0}  # a different member beside it
     params, grads = start.repeat(2, 1), torch.zeros(2, 300)
-    rule = make_updates("stacked", torch_class, [kwargs, other])
-    rule.bind(params)
+    update = make_updates("stacked", torch_class, [kwargs, other])
+    update.bind(params)
     for _ in range(25):
         grad = torch.randn(300, generator=generator)
         reference.grad = grad.clone()
         optimizer.step()
         grads.copy_(grad.expand(2, -1))
-        rule.step(grads, [kwargs["lr"], other["lr"]])
+        update.step(grads, [kwargs["lr"], other["lr"]])
         assert torch.equal(params[0], reference)
 
 
-def test_run_study_batched_keeps_the_budget_and_records_trials_as_objective_does(tmp_path) -> None:
+def test_stacked_trials_keep_the_budget_and_are_recorded_as_sequential_ones(tmp_path) -> None:
     spec = spec_from_dict(tiny_study(budget={"n_trials": 5, "epochs": 2}, sampler={"name": "random", "seed": 0},
-                                     search={"optimizers": ["adam", "momentum", "sgd"]}))
+                                     search={"optimizers": ["adam", "momentum", "sgd"]}, train={"batch_trials": 2}))
     prepared = prepare(spec)
     storage = open_storage(f"sqlite:///{tmp_path / 'batched.db'}")
     study = create_study(spec, storage, "tiny")
-    run_study_batched(study, prepared, batch_trials=2)
+    run_study(study, storage, prepared)
     trials = study.get_trials()
     assert [t.state for t in trials].count(State.COMPLETE) + [t.state for t in trials].count(State.PRUNED) == 5
     assert len(trials) == 5 and [t.user_attrs["batch"] for t in trials] == [[0, 1], [0, 1], [2, 3], [2, 3], [4]]
@@ -253,12 +256,12 @@ def test_run_study_batched_keeps_the_budget_and_records_trials_as_objective_does
         if trial.state == State.COMPLETE:
             assert trial.value == pytest.approx(sequential.final["val_loss"], rel=TOLERANCE)
             assert sorted(trial.intermediate_values) == [0, 1]
-    run_study_batched(study, prepared, batch_trials=4)  # the budget is spent: nothing more runs
+    run_study(study, storage, prepared)  # the budget is spent: nothing more runs
     assert len(study.get_trials()) == 5
 
 
 def test_tune_with_batch_trials_runs_the_budget_stacked(storage: str) -> None:
-    from lrsearch.tuning import tune
+    from lrsearch.study.tune import tune
 
     study = tune(tiny_study(budget={"n_trials": 4, "epochs": 2}, train={"threads": 1}), storage=storage,
                  batch_trials=2)
@@ -270,7 +273,7 @@ def test_tune_with_batch_trials_runs_the_budget_stacked(storage: str) -> None:
 
 def test_batch_trials_refuses_several_ranks_and_training_functions(storage: str) -> None:
     from lrsearch.errors import SpecError
-    from lrsearch.tuning import tune
+    from lrsearch.study.tune import tune
 
     with pytest.raises(SpecError, match="nproc_per_trial 2"):
         tune(tiny_study(), storage=storage, batch_trials=2, nproc_per_trial=2)

@@ -67,8 +67,10 @@ def test_tune_show_export_studies(tmp_path, storage) -> None:
 
     code, out, _ = run("export", "tiny", "--storage", storage)
     exported = json.loads(out)
+    run_id = study.best_trial.user_attrs["mlflow_run_id"]  # the trial's MLflow child run, recorded by tune
+    assert len(run_id) == 32 and int(run_id, 16) >= 0
     assert exported["source"] == {"study": "tiny", "trial": study.best_trial.number, "state": "COMPLETE",
-                                  "mlflow_run_id": exported["source"]["mlflow_run_id"]}
+                                  "mlflow_run_id": run_id}
     assert exported["objective"]["value"] == study.best_value
 
     code, out, err = run("tune", str(path), "--storage", storage, "--no-progress", "--n-trials", "2")

@@ -10,10 +10,12 @@ from conftest import tiny_study
 
 import lrsearch
 from lrsearch.cli import cli
-from lrsearch.studies import mask_password
-from lrsearch.tasks import digits_mlp
-from lrsearch.trial_runner import TrainData, TrialSettings, train_trial
-from lrsearch.tuning import tune
+from lrsearch.study.storage import mask_password
+from lrsearch.study.tune import tune
+from lrsearch.training.data import TrainData
+from lrsearch.training.runner import train_trial
+from lrsearch.training.tasks import digits_mlp
+from lrsearch.training.trial import TrialSettings
 
 KEYS = {"optimizer", "torch_class", "kwargs", "schedule", "training", "objective", "source"}
 

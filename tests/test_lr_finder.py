@@ -10,12 +10,21 @@ import pytest
 import torch
 from conftest import tiny_study
 
+from lrsearch.config.spec import spec_from_dict
 from lrsearch.errors import TrialRuntimeError, UsageError
-from lrsearch.lr_finder import LRFindResult, _fixed_params, _result, lr_find, narrowed_lr_ranges, plot, suggest_lr
-from lrsearch.spec import spec_from_dict
-from lrsearch.tasks import Task
-from lrsearch.trial_runner import TrialSettings, train_trial
-from lrsearch.tuning import Prepared, prepare
+from lrsearch.tracking.plots import plot_lr_find
+from lrsearch.training.lr_finder import (
+    LRFindResult,
+    curve_result,
+    fixed_params,
+    lr_find,
+    narrowed_lr_ranges,
+    suggest_lr,
+)
+from lrsearch.training.prepared import Prepared, prepare
+from lrsearch.training.runner import train_trial
+from lrsearch.training.tasks import Task
+from lrsearch.training.trial import TrialSettings
 
 TORCH_DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-3}
 
@@ -122,8 +131,8 @@ def test_results_are_deterministic_and_leave_the_global_rng_alone(digits, digits
 
 def test_hyperparameters_are_the_studys_fixed_values_else_torch_defaults() -> None:
     space = spec_from_dict(tiny_study(search={"momentum": {"momentum": 0.5}})).search.space()
-    assert _fixed_params(space, "momentum") == {"momentum": 0.5, "weight_decay": 0.0}
-    assert _fixed_params(space, "adam") == {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+    assert fixed_params(space, "momentum") == {"momentum": 0.5, "weight_decay": 0.0}
+    assert fixed_params(space, "adam") == {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
 
 
 def test_narrowed_ranges_are_a_decade_each_side_clipped_to_the_study() -> None:
@@ -154,10 +163,10 @@ def test_flat_or_short_curves_fall_back_to_a_tenth_of_the_min_loss_lr() -> None:
     lrs = [10 ** (-4 + i / 10) for i in range(40)]
     flat = [1.0 + 0.001 * math.sin(i) for i in range(40)]
     assert suggest_lr(lrs, flat) == (None, "min_loss/10", None, None)
-    result = _result(lrs, flat, None, lrs[0], 10.0)
+    result = curve_result(lrs, flat, None, lrs[0], 10.0)
     assert result.rule == "min_loss/10" and result.suggested_lr == pytest.approx(result.min_loss_lr / 10)
     # Diverged at the third step: too short for any rule; the fallback is kept inside [start, end].
-    short = _result(lrs[:2], [2.0, 1.9], lrs[2], lrs[0], 10.0)
+    short = curve_result(lrs[:2], [2.0, 1.9], lrs[2], lrs[0], 10.0)
     assert short.rule == "min_loss/10" and short.suggested_lr == lrs[0]
 
 
@@ -171,7 +180,7 @@ def test_bad_arguments_are_usage_errors(digits) -> None:
 
 
 def test_plot_writes_a_png(digits_results, tmp_path: Path) -> None:
-    path = plot(digits_results, tmp_path / "lr_find.png")
+    path = plot_lr_find(digits_results, tmp_path / "lr_find.png")
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from lrsearch.optimizers import build_optimizer, build_scheduler, constructor, create_optimizer
-from lrsearch.search_space import PRESETS
+from lrsearch.config.search_space import PRESETS
+from lrsearch.training.optimizers import build_optimizer, build_scheduler, constructor, create_optimizer
 
 
 def _model() -> torch.nn.Module:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from conftest import STUDIES, tiny_study, write_study
 
+from lrsearch.config.spec import load_spec, spec_from_dict
 from lrsearch.errors import SpecError
-from lrsearch.spec import load_spec, spec_from_dict
 
 
 @pytest.mark.parametrize("path", sorted(STUDIES.rglob("*.yaml")), ids=lambda p: p.name)

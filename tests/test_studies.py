@@ -3,11 +3,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from lrsearch.studies import PruneSchedule, make_pruner
+from lrsearch.study.algorithms import PruningPoints, make_pruner
 
 
 def asked(name: str, epochs: int, steps: list[int]) -> list[int]:
-    schedule = PruneSchedule(make_pruner(name, epochs), epochs)
+    schedule = PruningPoints(make_pruner(name, epochs), epochs)
     return [step for step in steps if schedule.due(0, step)]
 
 
@@ -27,10 +27,10 @@ def test_other_pruners(name: str, expected: list[int]) -> None:
 
 
 def test_a_pruner_set_by_hand_is_asked_every_epoch() -> None:
-    schedule = PruneSchedule(optuna.pruners.HyperbandPruner(min_resource=2), 10)
+    schedule = PruningPoints(optuna.pruners.HyperbandPruner(min_resource=2), 10)
     assert [step for step in range(10) if schedule.due(0, step)] == list(range(10))
 
 
 def test_trials_keep_their_own_schedule() -> None:
-    schedule = PruneSchedule(make_pruner("sha", 10), 10)
+    schedule = PruningPoints(make_pruner("sha", 10), 10)
     assert schedule.due(0, 0) is False and schedule.due(1, 1) is True and schedule.due(0, 1) is True

@@ -3,9 +3,9 @@ from __future__ import annotations
 import torch
 from conftest import tiny_study
 
-from lrsearch.spec import spec_from_dict
-from lrsearch.threads import configure_threads, pick_threads
-from lrsearch.tuning import prepare
+from lrsearch.config.spec import spec_from_dict
+from lrsearch.training.prepared import prepare
+from lrsearch.training.threads import configure_threads, pick_threads
 
 
 def test_more_threads_only_when_clearly_faster() -> None:

@@ -12,12 +12,12 @@ from conftest import tiny_study, write_study
 from mlflow import MlflowClient
 
 from lrsearch.cli import cli
-from lrsearch.tracking import PARENT_ATTR, RUN_ATTR
+from lrsearch.tracking.tracker import PARENT_ATTR, RUN_ATTR
 
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 FLAKY_TASK = textwrap.dedent('''
-    from lrsearch.tasks import digits_mlp
+    from lrsearch.training.tasks import digits_mlp
 
     def make():
         task = digits_mlp()

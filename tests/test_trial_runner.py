@@ -4,8 +4,10 @@ import math
 
 import pytest
 
-from lrsearch.tasks import digits_mlp, quadratic
-from lrsearch.trial_runner import TrainData, TrialSettings, train_trial
+from lrsearch.training.data import TrainData
+from lrsearch.training.runner import train_trial
+from lrsearch.training.tasks import digits_mlp, quadratic
+from lrsearch.training.trial import TrialSettings
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_study
 
 from lrsearch.errors import SpecError, StorageError
-from lrsearch.tuning import tune
+from lrsearch.study.tune import tune
 
 State = optuna.trial.TrialState
 
@@ -93,15 +93,15 @@ def test_bad_input_creates_nothing(tmp_path) -> None:
 
 @pytest.mark.parametrize("pruner", ["hyperband", "sha", "median"])
 def test_asking_the_pruner_only_where_it_can_stop_decides_the_same(tmp_path, monkeypatch, pruner: str) -> None:
-    """PruneSchedule skips should_prune between rungs (and before the median's warm-up): same trials, same states,
+    """PruningPoints skips should_prune between rungs (and before the median's warm-up): same trials, same states,
     the same epochs run, as asking at every epoch."""
-    from lrsearch.studies import PruneSchedule
+    from lrsearch.study.algorithms import PruningPoints
 
     spec = tiny_study(task="quadratic", budget={"n_trials": 24, "epochs": 10}, train={"batch_size": 128},
                       pruner={"name": pruner}, sampler={"name": "random", "seed": 3},
                       search={"optimizers": ["sgd"], "sgd": {"lr": {"low": 1e-4, "high": 1e-1}, "weight_decay": 0.0}})
     scheduled = tune(spec, storage=f"sqlite:///{tmp_path / 'scheduled.db'}")
-    monkeypatch.setattr(PruneSchedule, "due", lambda self, trial_number, step: True)
+    monkeypatch.setattr(PruningPoints, "due", lambda self, trial_number, step: True)
     every = tune(spec, storage=f"sqlite:///{tmp_path / 'every.db'}")
 
     def summary(study: optuna.Study) -> list[tuple]:

@@ -1,8 +1,6 @@
 """User tasks: an entrypoint Task (studies/examples/charlm.py) and function mode (studies/examples/own_loop.py).
 
-Studies run on real SQLite storage and a real MLflow store in tmp_path. Tests marked ``needs_integration`` go
-through ``tune`` in function mode and turn on by themselves once lrsearch/tuning.py routes ``task.function`` to
-:func:`lrsearch.function_mode.run_function_trial` (``Prepared.function`` exists).
+Studies run on real SQLite storage and a real MLflow store in tmp_path.
 """
 
 from __future__ import annotations
@@ -20,19 +18,23 @@ from click.testing import CliRunner
 from conftest import REPO, tiny_study, write_study
 from mlflow import MlflowClient
 
-import lrsearch.tuning
+import lrsearch.study.tune
 from lrsearch.cli import cli
+from lrsearch.config.search_space import flat_params
+from lrsearch.config.spec import StudySpec, spec_from_dict
 from lrsearch.errors import LrsearchError, SpecError, TaskError
-from lrsearch.function_mode import ContextError, TrialStopped, flat_params, load_function, run_function_trial
-from lrsearch.spec import StudySpec, spec_from_dict
-from lrsearch.tasks import import_callable
-from lrsearch.tracking import MlflowTracker
-from lrsearch.trial_runner import TrialSettings
+from lrsearch.tracking.tracker import MlflowTracker
+from lrsearch.training.function_mode import (
+    ContextError,
+    TrialStopped,
+    load_function,
+    run_function_trial,
+)
+from lrsearch.training.tasks import import_callable
+from lrsearch.training.trial import TrialSettings
 
 EXAMPLES = REPO / "studies" / "examples"
 State = optuna.trial.TrialState
-INTEGRATED = "function" in getattr(lrsearch.tuning.Prepared, "__dataclass_fields__", {})
-needs_integration = pytest.mark.skipif(not INTEGRATED, reason="needs integration: function mode in lrsearch/tuning.py")
 ADAM = {"optimizer": "adam", "params": {"lr": 1e-2, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.0},
         "schedule": {"name": "constant"}}
 TINY_CHARLM = {"context": 16, "n_chars": 20_000, "d_model": 32, "heads": 2, "layers": 1}
@@ -130,8 +132,8 @@ def test_entrypoint_study_lands_in_storage_and_mlflow(storage: str, mlflow_uri: 
                    budget={"n_trials": 3, "epochs": 2}, train={"device": "cpu", "batch_size": 64},
                    sampler={"name": "random", "seed": 0}, pruner={"name": "none"})
     sys.modules.pop("charlm", None)  # imported afresh, from the study file's directory (the cwd is tmp_path)
-    tracker = MlflowTracker(uri=mlflow_uri, storage_url=storage)  # the tracking process reads the study
-    study, ran = lrsearch.tuning.run_tune(spec, storage=storage, observers=[tracker])
+    tracker = MlflowTracker(mlflow_uri, None, storage)  # the tracking process reads the study
+    study, ran = lrsearch.study.tune.run_tune(spec, storage=storage, observers=[tracker])
     assert ran and sys.modules["charlm"].__file__ == str(EXAMPLES / "charlm.py")
     check_tracked_study(study, mlflow_uri, {"val_loss", "val_accuracy", "val_bits_per_char", "train_loss"})
     for trial in study.trials:
@@ -156,7 +158,7 @@ def test_a_bad_entrypoint_is_a_task_error_naming_it_and_creates_nothing(entrypoi
     (tmp_path / filename).write_text(code)
     path = write_study(tmp_path, tiny_study(task={"entrypoint": entrypoint}))
     with pytest.raises(TaskError) as error:
-        lrsearch.tuning.run_tune(path, storage=storage)
+        lrsearch.study.tune.run_tune(path, storage=storage)
     message = str(error.value)
     assert f"task.entrypoint {entrypoint!r}" in message and problem in message and "\n" not in message
     assert not Path(storage.removeprefix("sqlite:///")).exists()
@@ -353,7 +355,7 @@ def test_settings_function_mode_cannot_honour_are_spec_errors(tmp_path: Path, tr
 
 
 def test_a_stop_ends_an_optuna_trial_pruned_in_real_storage(tmp_path: Path, storage: str) -> None:
-    """The objective's contract without lrsearch.tuning: report each epoch to Optuna, prune when it says so."""
+    """The study loop's contract without lrsearch.study: report each epoch to Optuna, prune when it says so."""
     spec = function_spec(tmp_path, REPORTS, task={"function": "user_loop:train",
                                                   "args": {"losses": [[1.0, 0.5], [1.0, 2.0], [1.0, 0.1]]}})
     study = optuna.create_study(storage=storage, pruner=optuna.pruners.ThresholdPruner(upper=1.0))
@@ -375,12 +377,11 @@ def test_a_stop_ends_an_optuna_trial_pruned_in_real_storage(tmp_path: Path, stor
 
 
 # -- function mode through tune (after integration) ----------------------------------------------------------
-@needs_integration
 def test_function_study_lands_in_storage_and_mlflow(storage: str, mlflow_uri: str) -> None:
     spec = example("own_loop", budget={"n_trials": 3, "epochs": 2}, sampler={"name": "random", "seed": 0},
                    search={"optimizers": ["adam", "momentum"], "schedules": ["constant"]}, pruner={"name": "none"})
-    tracker = MlflowTracker(uri=mlflow_uri, storage_url=storage)  # the tracking process reads the study
-    study, ran = lrsearch.tuning.run_tune(spec, storage=storage, observers=[tracker])
+    tracker = MlflowTracker(mlflow_uri, None, storage)  # the tracking process reads the study
+    study, ran = lrsearch.study.tune.run_tune(spec, storage=storage, observers=[tracker])
     assert ran
     check_tracked_study(study, mlflow_uri, {"val_loss", "val_r2", "train_loss"})
     assert {t.user_attrs["optimizer_impl"] for t in study.trials} == {"fused"}
@@ -400,11 +401,10 @@ CHEAP = """
 """
 
 
-@needs_integration
 def test_function_mode_is_pruned_by_the_studys_pruner(storage: str, tmp_path: Path) -> None:
     spec = function_spec(tmp_path, CHEAP, budget={"n_trials": 12, "epochs": 4}, pruner={"name": "median"},
                          sampler={"name": "random", "seed": 0})
-    study = lrsearch.tuning.tune(spec, storage=storage)
+    study = lrsearch.study.tune.tune(spec, storage=storage)
     pruned = [t for t in study.trials if t.state == State.PRUNED]
     assert pruned and len(study.trials) == 12
     for trial in pruned:
@@ -413,20 +413,18 @@ def test_function_mode_is_pruned_by_the_studys_pruner(storage: str, tmp_path: Pa
     assert best.value == pytest.approx((math.log10(best.user_attrs["config"]["params"]["lr"]) + 2) ** 2 + 1)
 
 
-@needs_integration
 def test_function_mode_divergence_is_pruned_as_diverged(storage: str, tmp_path: Path) -> None:
     spec = function_spec(tmp_path, CHEAP, task={"function": "user_loop:train", "args": {"nan": True}},
                          budget={"n_trials": 2, "epochs": 3})
-    study = lrsearch.tuning.tune(spec, storage=storage)
+    study = lrsearch.study.tune.tune(spec, storage=storage)
     for trial in study.trials:
         assert trial.state == State.PRUNED and trial.user_attrs["diverged"] is True
         assert trial.value == math.inf and trial.intermediate_values[1] == math.inf
 
 
-@needs_integration
 def test_a_missing_objective_metric_stops_tune_at_the_first_trial(storage: str, tmp_path: Path) -> None:
     spec = function_spec(tmp_path, "def train(ctx):\n    ctx.report(0, train_loss=1.0)\n")
     with pytest.raises(ContextError, match="missing 'val_loss'"):
-        lrsearch.tuning.tune(spec, storage=storage)
+        lrsearch.study.tune.tune(spec, storage=storage)
     trials = optuna.load_study(study_name="tiny", storage=storage).trials
     assert [t.state for t in trials] == [State.FAIL]

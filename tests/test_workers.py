@@ -80,3 +80,20 @@ def test_postgres_two_commands_with_two_workers_each(tmp_path) -> None:
         assert f":{password}@" not in out + err  # the storage password never reaches the terminal
     study = optuna.load_study(study_name=name, storage=POSTGRES)
     _check_counts(study, 10)
+
+
+def test_workers_with_ranks_per_trial_are_checked_before_any_starts(tmp_path) -> None:
+    """--workers repeats tune's checks once, up front: a global batch the ranks of a trial cannot split is one line
+    and exit 2 from the command itself, not N failed workers."""
+    from click.testing import CliRunner
+
+    from lrsearch.cli import cli
+
+    path = write_study(tmp_path, tiny_study(train={"batch_size": 65}))
+    storage = f"sqlite:///{tmp_path / 'lrsearch.db'}"
+    result = CliRunner().invoke(cli, ["tune", str(path), "--workers", "2", "--nproc-per-trial", "2", "--storage",
+                                      storage, "--no-mlflow", "--no-progress"])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert "batch_size 65 is not divisible by nproc_per_trial 2" in result.stderr
+    assert not (tmp_path / "lrsearch.db").exists()  # refused before the study was created

@@ -1,0 +1,8 @@
+"""The command line and what it shows: ``commands`` (the click commands) and ``report`` (tables and progress).
+
+``lrsearch --help`` imports only click and this package's errors, so it stays instant.
+"""
+
+from lrsearch.cli.commands import cli, main
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,340 @@
+"""The study file: one YAML that fully describes a study, validated before anything starts.
+
+:func:`load_spec` reads and validates a file and raises :class:`~lrsearch.errors.SpecError` carrying *every*
+problem found, each naming the field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from lrsearch.config.search_space import OPTIMIZERS, PRESETS, SCHEDULES, Range, SearchSpace
+from lrsearch.errors import SpecError
+
+SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "qmc", "random", "grid")
+PRUNERS = ("none", "median", "sha", "hyperband", "wilcoxon")
+BUILTIN_TASKS = ("digits-mlp", "quadratic")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
+
+
+class RangeSpec(_Strict):
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeSpec:
+        if self.low > self.high:
+            raise ValueError(f"low must be <= high (got low={self.low}, high={self.high})")
+        return self
+
+
+class TaskRef(_Strict):
+    """A user task: ``entrypoint`` returns a Task; ``function`` is a training function (function mode)."""
+
+    entrypoint: str | None = None
+    function: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TaskRef:
+        targets = [t for t in (self.entrypoint, self.function) if t is not None]
+        if len(targets) != 1:
+            raise ValueError("give exactly one of entrypoint or function, as 'module:function'")
+        if ":" not in targets[0] or not all(targets[0].split(":", 1)):
+            raise ValueError(f"must be 'module:function' (got {targets[0]!r})")
+        return self
+
+
+class ObjectiveSpec(_Strict):
+    """``objective:``: the metric a trial returns and whether lower or higher is better."""
+
+    metric: str = "val_loss"
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+
+class Budget(_Strict):
+    n_trials: int = Field(40, gt=0)
+    epochs: int = Field(20, gt=0)
+    timeout: float | None = Field(None, gt=0)
+
+
+class Train(_Strict):
+    batch_size: int = Field(64, gt=0)
+    device: str = "auto"
+    seed: int = 0
+    nproc_per_trial: int | Literal["auto"] = 1
+    rank_timeout: float = Field(60.0, gt=0)
+    threads: int | None = Field(None, gt=0)
+    batch_trials: int = Field(1, gt=0)
+    """Trials trained together as one stacked model (``torch.func.vmap``); 1 trains them one at a time."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {value!r})")
+
+    @field_validator("nproc_per_trial")
+    @classmethod
+    def _nproc(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError(f"must be a positive integer or 'auto' (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _one_process_per_batch(self) -> Train:
+        if self.batch_trials > 1 and isinstance(self.nproc_per_trial, int) and self.nproc_per_trial > 1:
+            raise ValueError(f"batch_trials {self.batch_trials} trains its trials stacked in one process; it cannot "
+                             f"be combined with nproc_per_trial {self.nproc_per_trial}")
+        return self
+
+
+class Search(_Strict):
+    optimizers: list[Literal[OPTIMIZERS]] = Field(default_factory=lambda: list(OPTIMIZERS), min_length=1)  # type: ignore[valid-type]
+    schedules: list[Literal[SCHEDULES]] = Field(default_factory=lambda: ["constant"], min_length=1)  # type: ignore[valid-type]
+    param_names: Literal["per_optimizer", "shared"] = "per_optimizer"
+    grid_points: int = Field(5, gt=0)
+    lr_range: Literal["auto", "preset"] = "preset"
+    # Per-optimizer overrides, one optional field per optimizer: {hyperparameter: value | {low, high}}.
+    sgd: dict[str, float | RangeSpec] | None = None
+    momentum: dict[str, float | RangeSpec] | None = None
+    nesterov: dict[str, float | RangeSpec] | None = None
+    rmsprop: dict[str, float | RangeSpec] | None = None
+    adam: dict[str, float | RangeSpec] | None = None
+    adamw: dict[str, float | RangeSpec] | None = None
+    nadam: dict[str, float | RangeSpec] | None = None
+    radam: dict[str, float | RangeSpec] | None = None
+    adagrad: dict[str, float | RangeSpec] | None = None
+
+    @field_validator(*OPTIMIZERS)
+    @classmethod
+    def _override_values(cls, value: dict | None, info: ValidationInfo) -> dict | None:
+        optimizer = info.field_name
+        problems = [
+            f"search.{optimizer}.{name}: {p}"
+            for name, v in (value or {}).items()
+            for p in _check_override(optimizer, name, v)
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
+
+    @model_validator(mode="after")
+    def _overrides_are_searched(self) -> Search:
+        unused = [o for o in OPTIMIZERS if getattr(self, o) and o not in self.optimizers]
+        if unused:
+            raise ValueError("\n".join(
+                f"search.{o}: overrides given but {o!r} is not in search.optimizers {list(self.optimizers)}"
+                for o in unused
+            ))
+        return self
+
+    def space(self) -> SearchSpace:
+        overrides: dict[str, dict[str, float | Range]] = {}
+        for optimizer in OPTIMIZERS:
+            for name, value in (getattr(self, optimizer) or {}).items():
+                overrides.setdefault(optimizer, {})[name] = (
+                    Range(value.low, value.high) if isinstance(value, RangeSpec) else float(value)
+                )
+        return SearchSpace(tuple(self.optimizers), tuple(self.schedules), overrides, self.param_names == "shared")
+
+
+def _check_override(optimizer: str, name: str, value: float | RangeSpec) -> list[str]:
+    allowed = PRESETS[optimizer].hyperparameters
+    if name not in allowed:
+        return [f"unknown hyperparameter for {optimizer} (allowed: {', '.join(allowed)})"]
+    values = [value.low, value.high] if isinstance(value, RangeSpec) else [value]
+    if name in ("beta1", "beta2", "momentum", "alpha"):
+        bad = [v for v in values if not 0 < v < 1]
+        return [f"must be in (0, 1) (got {bad[0]})"] if bad else []
+    if name == "weight_decay":
+        if isinstance(value, RangeSpec) and value.low <= 0:
+            return [f"range low must be > 0 (it is searched on a log scale; fix it to 0 to turn decay off) "
+                    f"(got {value.low})"]
+        return [f"must be >= 0 (got {value})"] if not isinstance(value, RangeSpec) and value < 0 else []
+    bad = [v for v in values if v <= 0]
+    if bad:
+        what = "low" if isinstance(value, RangeSpec) else "value"
+        return [f"{what} must be > 0 (got {bad[0]})"]
+    return []
+
+
+class SamplerSpec(_Strict):
+    name: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    seed: int | None = None
+
+
+class PrunerSpec(_Strict):
+    name: Literal[PRUNERS] = "hyperband"  # type: ignore[valid-type]
+
+
+class MlflowSpec(_Strict):
+    experiment: str | None = None
+
+
+class StudySpec(_Strict):
+    """A validated study file. Field names are the YAML keys."""
+
+    name: str = Field(min_length=1)
+    task: str | TaskRef
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    budget: Budget = Field(default_factory=Budget)
+    train: Train = Field(default_factory=Train)
+    search: Search = Field(default_factory=Search)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    source: str | None = Field(None, exclude=True)
+    """Path of the file this spec came from; user task modules are importable relative to it."""
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str | TaskRef) -> str | TaskRef:
+        if isinstance(value, str) and value not in BUILTIN_TASKS:
+            raise ValueError(
+                f"unknown task {value!r} (allowed: {', '.join(BUILTIN_TASKS)}, "
+                "or {entrypoint: 'module:function', args: {...}})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _batch_needs_a_task(self) -> StudySpec:
+        if self.train.batch_trials > 1 and isinstance(self.task, TaskRef) and self.task.function is not None:
+            raise ValueError(f"train.batch_trials {self.train.batch_trials}: a training function (task.function) "
+                             "trains one trial at a time; stacking needs a Task (built-in or task.entrypoint)")
+        return self
+
+    @field_validator("objective")
+    @classmethod
+    def _metric(cls, value: ObjectiveSpec) -> ObjectiveSpec:
+        if value.metric not in ("val_loss", "train_loss") and not value.metric.startswith("val_"):
+            raise ValueError(f"metric must be val_loss, train_loss or val_<metric> (got {value.metric!r})")
+        return value
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file.
+
+    Raises:
+        SpecError: the file is missing, unreadable, not valid YAML, or does not validate; every problem is listed.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(str(path), ["study file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(str(path), [f"cannot read the study file ({exc.__class__.__name__}: {exc})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(str(path), [f"invalid YAML: {where}{problem}"]) from None
+    spec = spec_from_dict(data, str(path))
+    spec.source = str(path.resolve())
+    return spec
+
+
+def spec_from_dict(data: Any, source: str = "<study>") -> StudySpec:
+    """Validate an already-parsed study (a dict, as the YAML would give)."""
+    if not isinstance(data, dict):
+        raise SpecError(source, [f"the study must be a mapping of keys to values (got {type(data).__name__})"])
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, _problems(exc)) from None
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    plain: list[dict] = []
+    for error in exc.errors():
+        tag_at = next((i for i, part in enumerate(error["loc"]) if _is_tag(part)), None)
+        if tag_at is None:
+            plain.append(error)
+        else:
+            key = tuple(_user_loc(error["loc"][:tag_at]))
+            groups.setdefault(key, {}).setdefault(str(error["loc"][tag_at]), []).append(error)
+    problems = [line for error in plain for line in _describe(error)]
+    for key, members in groups.items():
+        # A value that fits no member of a union: report the member whose shape it has, else one line.
+        fitting = [errs for errs in members.values() if not all(_is_shape_error(e, key) for e in errs)]
+        if fitting:
+            problems += [line for error in fitting[0] for line in _describe(error)]
+        else:
+            first = next(iter(members.values()))[0]
+            where = ".".join(str(part) for part in key)
+            expected = " or ".join(_member_name(m) for m in members)
+            problems.append(f"{where}: expected {expected} (got {first['input']!r})")
+    return problems
+
+
+def _describe(error: dict) -> list[str]:
+    loc = _user_loc(error["loc"])
+    where = ".".join(str(part) for part in loc)
+    kind = error["type"]
+    if kind == "value_error":
+        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+        lines = message.splitlines()
+        return [line if line.startswith("search.") else f"{where}: {line}" for line in lines]
+    if kind == "extra_forbidden":
+        return [f"{where}: unknown key (allowed: {', '.join(_allowed_keys(loc[:-1]))})"]
+    if kind == "literal_error":
+        return [f"{where}: {error['input']!r} is not allowed (allowed: {error['ctx']['expected']})"]
+    if kind == "missing":
+        return [f"{where}: required key is missing"]
+    return [f"{where}: {error['msg'].lower()} (got {error['input']!r})"]
+
+
+def _is_shape_error(error: dict, union_loc: tuple) -> bool:
+    at_root = tuple(_user_loc(error["loc"])) == union_loc
+    return at_root and (error["type"].endswith(("_type", "_parsing")) or error["type"] == "model_type")
+
+
+def _is_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part[:1].isupper() or "[" in part or part in _TAGS)
+
+
+def _member_name(tag: str) -> str:
+    return {"str": "a name", "float": "a number", "int": "an integer"}.get(tag, "a mapping" if "[" in tag or
+                                                                       tag[:1].isupper() else tag)
+
+
+def _user_loc(loc: tuple) -> list:
+    """Drop pydantic's union-member tags ('str', 'TaskRef', 'float', ...) from an error location."""
+    return [part for part in loc if not _is_tag(part)]
+
+
+_TAGS = {"str", "int", "float", "bool", "list", "dict", "literal['auto']"}
+
+
+def _allowed_keys(loc: list) -> list[str]:
+    model: Any = StudySpec
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return [name for name in model.model_fields if name != "source"]

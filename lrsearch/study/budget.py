@@ -1,0 +1,87 @@
+"""The budget: ``n_trials`` is the study's total of complete + pruned trials, shared by every process.
+
+A rerun runs only the remainder, and several processes sharing one study stop at exactly ``n_trials``: a trial
+trains only if fewer than ``n_trials`` live or finished trials come before it; a trial that loses that race is
+failed with the reason :data:`BUDGET_TAKEN`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
+
+    from lrsearch.config.spec import Budget
+
+BUDGET_TAKEN = "budget already taken by other workers"
+"""The ``fail_reason`` of a trial asked for after other workers had taken the last slots of the budget."""
+POLL_SECONDS = 1.0
+"""How often a process whose budget is all running elsewhere looks again."""
+
+
+def count_free_slots(study: optuna.Study, n_trials: int) -> int | None:
+    """How many trials this process may start now: None when the budget is complete; 0 while the rest of it runs
+    elsewhere (or in a dead process, whose trials are failed once stale and queued for retry); else at least 1."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    done = sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials)
+    running = sum(t.state == states.RUNNING for t in trials)
+    waiting = sum(t.state == states.WAITING for t in trials)
+    if done >= n_trials:
+        return None
+    if done + running + waiting >= n_trials and waiting == 0:
+        return 0
+    return max(1, n_trials - done - running)
+
+
+def open_slots(study: optuna.Study, budget: Budget) -> Iterator[int]:
+    """Yield how many trials this process may start, each time it may start some, until the study's budget
+    (``n_trials``, ``timeout``) is spent. While every free slot is taken, it waits and fails trials whose process
+    died (their heartbeat is stale), which Optuna then queues for retry."""
+    deadline = time.monotonic() + budget.timeout if budget.timeout else None
+    while deadline is None or time.monotonic() < deadline:
+        free = count_free_slots(study, budget.n_trials)
+        if free is None:
+            return
+        if free:
+            yield free
+        else:
+            time.sleep(POLL_SECONDS)
+            fail_stale_trials(study)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the running trials whose heartbeat is stale (their process died); the storage's callback retries them."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def ask_within_budget(study: optuna.Study, count: int, n_trials: int) -> list[optuna.Trial]:
+    """Ask Optuna for ``count`` trials (retries of failed ones first) and keep those within the budget; any that
+    another worker's trials put beyond ``n_trials`` are failed at once with the reason :data:`BUDGET_TAKEN`."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    with warnings.catch_warnings():
+        # "Heartbeat of storage is supposed to be used with Study.optimize": the study loop keeps the heartbeat.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        asked = [study.ask() for _ in range(count)]
+    live = (states.COMPLETE, states.PRUNED, states.RUNNING, states.WAITING)
+    numbers = [t.number for t in study.get_trials(deepcopy=False, states=live)]
+    within = []
+    for trial in asked:
+        if sum(n < trial.number for n in numbers) >= n_trials:
+            trial.set_user_attr("fail_reason", BUDGET_TAKEN)
+            study.tell(trial, state=states.FAIL)
+        else:
+            within.append(trial)
+    return within

@@ -1,0 +1,138 @@
+"""The study loop: ask trials within the budget, train them, tell Optuna how each ended; until the budget is spent.
+
+One loop serves every way a trial trains. :class:`TrialTrainer` is its pluggable step, "train these K
+configurations": K = 1 trains one trial (in this process, or over a DDP gang or torchrun ranks through their
+collective, or in the user's own loop in function mode), K > 1 trains ``train.batch_trials`` trials as one stacked
+model. Trials of dead processes are failed once their heartbeat is stale and retried; while other processes' trials
+still run, this one waits for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lrsearch.errors import TaskError, TrialRuntimeError
+from lrsearch.study.algorithms import PruningPoints
+from lrsearch.study.budget import ask_within_budget, fail_stale_trials, open_slots
+from lrsearch.study.heartbeat import heartbeats
+from lrsearch.study.trials import finish_trial, report_epoch, start_trial
+from lrsearch.training.trial import SINGLE_PROCESS, TrialSettings
+
+if TYPE_CHECKING:
+    import optuna
+
+    from lrsearch.study.trials import TuneObserver
+    from lrsearch.training.prepared import Prepared
+    from lrsearch.training.trial import Collective, EpochMetrics, TrialOutcome
+
+MAX_CONSECUTIVE_FAILURES = 3
+"""A failing trial is a result, but this many failed steps in a row means the task itself is broken: stop."""
+
+
+class TrialTrainer:
+    """Trains the configurations the loop gives it: one trial (task, DDP or function mode) or K stacked ones."""
+
+    def __init__(self, prepared: Prepared, collective: Collective = SINGLE_PROCESS) -> None:
+        spec = prepared.spec
+        self.prepared, self.collective = prepared, collective
+        self.settings = TrialSettings(spec.budget.epochs, spec.train.batch_size, spec.train.seed)
+        self.batch = spec.train.batch_trials
+        """How many trials one step trains."""
+
+    def train(self, numbers: Sequence[int], configs: Sequence[dict[str, Any]],
+              hooks: Sequence[Callable[[EpochMetrics], bool]]) -> list[TrialOutcome]:
+        """Train ``configs`` (trials ``numbers``), each reporting its epochs to its hook; one outcome each."""
+        prepared, settings = self.prepared, self.settings
+        if prepared.function is not None:
+            from lrsearch.training.function_mode import run_function_trial
+
+            return [run_function_trial(prepared.function, prepared.spec, configs[0], settings, hooks[0],
+                                       device=prepared.device, trial_number=numbers[0])]
+        if self.batch > 1:
+            from lrsearch.training.batched import train_trials_batched
+
+            return train_trials_batched(prepared.task, prepared.data, configs, settings, hooks)
+        from lrsearch.training.runner import train_trial
+
+        self.collective.begin_trial(configs[0], settings)
+        return [train_trial(prepared.task, prepared.data, configs[0], settings, hooks[0], self.collective)]
+
+    def recover(self) -> None:
+        """After a failed step: make the ranks usable again (restart a gang); nothing in one process."""
+        self.collective.recover()
+
+    @property
+    def broken(self) -> bool:
+        return self.collective.broken
+
+
+def run_study(study: optuna.Study, storage: Any, prepared: Prepared, observers: Sequence[TuneObserver] = (),
+              collective: Collective = SINGLE_PROCESS) -> None:
+    """Run trials until the study holds ``n_trials`` complete + pruned trials or the timeout passes.
+
+    Args:
+        study: The study, created or loaded on ``storage``.
+        storage: The storage object the study lives on (its heartbeats are recorded there).
+        prepared: The task and data, or the training function, loaded once in this process.
+        observers: Progress display, tracking.
+        collective: The ranks that train each trial; one process by default.
+
+    Raises:
+        TaskError: the task cannot be trained at all (every trial would fail alike).
+        TrialRuntimeError: ``MAX_CONSECUTIVE_FAILURES`` steps in a row failed, or the ranks broke (torchrun).
+    """
+    trainer = TrialTrainer(prepared, collective)
+    points = PruningPoints(study.pruner, prepared.spec.budget.epochs)
+    failures = 0
+    for free in open_slots(study, prepared.spec.budget):
+        fail_stale_trials(study)  # a dead process's trials are failed and queued for retry: they come first
+        trials = ask_within_budget(study, min(trainer.batch, free), prepared.spec.budget.n_trials)
+        if not trials:
+            continue
+        error = _train_and_tell(study, storage, trainer, trials, list(observers), points)
+        if error is None:
+            failures = 0
+            continue
+        failures += 1
+        if failures >= MAX_CONSECUTIVE_FAILURES or trainer.broken:
+            numbers = ", ".join(str(t.number) for t in trials)
+            raise TrialRuntimeError(f"{failures} {'trials' if trainer.batch == 1 else 'batches of trials'} in a row "
+                                    f"failed; last, trial {numbers}: {type(error).__name__}: {error}")
+
+
+def _train_and_tell(study: optuna.Study, storage: Any, trainer: TrialTrainer, trials: list[optuna.Trial],
+                    observers: list[TuneObserver], points: PruningPoints) -> BaseException | None:
+    """One step: start the trials, train them, finish each; returns the exception that failed them, if any."""
+    spec, metric = trainer.prepared.spec, trainer.prepared.spec.objective.metric
+    training = _training_record(trainer, trials)
+    configs = [start_trial(study, trial, spec, trainer.settings, training, observers) for trial in trials]
+    hooks = [_hook(trial, metric, observers, points) for trial in trials]
+    try:
+        with heartbeats(storage, study, trials):
+            outcomes = trainer.train([t.number for t in trials], configs, hooks)
+    except BaseException as exc:
+        for trial in trials:
+            finish_trial(study, trial, metric, observers, error=exc)
+        if isinstance(exc, TaskError) or not isinstance(exc, Exception):
+            raise  # a task that cannot train, Ctrl-C, SIGTERM: the study stops here
+        trainer.recover()
+        return exc
+    for trial, outcome in zip(trials, outcomes, strict=True):
+        finish_trial(study, trial, metric, observers, outcome)
+    return None
+
+
+def _hook(trial: optuna.Trial, metric: str, observers: list[TuneObserver],
+          points: PruningPoints) -> Callable[[EpochMetrics], bool]:
+    return lambda epoch: report_epoch(trial, epoch, metric, observers, points)
+
+
+def _training_record(trainer: TrialTrainer, trials: list[optuna.Trial]) -> dict[str, Any]:
+    from lrsearch.training.threads import torch_threads
+
+    record: dict[str, Any] = {"world_size": trainer.collective.world_size, "device": trainer.prepared.device,
+                              "threads": torch_threads()}
+    if trainer.batch > 1:
+        record["batch"] = [t.number for t in trials]
+    return record

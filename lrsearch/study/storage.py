@@ -1,0 +1,183 @@
+"""Where studies live: Optuna's storage, opened with heartbeats; creating, loading and counting studies.
+
+Storage is Optuna's own RDB storage (SQLite by default, PostgreSQL for many machines) with heartbeats, so trials
+of a killed process are failed and retried by Optuna's own machinery.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import re
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from lrsearch.errors import StorageError, StudyNotFoundError
+from lrsearch.study.algorithms import make_pruner, make_sampler
+
+if TYPE_CHECKING:
+    import optuna
+
+    from lrsearch.config.spec import StudySpec
+
+DEFAULT_STORAGE = "sqlite:///lrsearch.db"
+HEARTBEAT_INTERVAL = 3
+"""Seconds between heartbeats of a running trial; a trial silent for 4 intervals is stale (its process died)."""
+GRACE_PERIOD = 4 * HEARTBEAT_INTERVAL
+MAX_RETRY = 2
+"""How often the parameters of a trial whose process died are retried."""
+_SUFFICIENT_STATES = ("COMPLETE", "PRUNED")
+_SCHEMA_RETRIES = 6
+
+
+def storage_url(url: str | None) -> str:
+    """``--storage``, else ``LRSEARCH_STORAGE``, else ``sqlite:///lrsearch.db`` in the current directory."""
+    return url or os.environ.get("LRSEARCH_STORAGE") or DEFAULT_STORAGE
+
+
+def mask_password(url: str) -> str:
+    """The URL with any password replaced by ``***``, for every place a URL is shown or recorded."""
+    return re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse a malformed URL before anything is created."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(
+            f"storage URL {mask_password(url)!r} is malformed (expected e.g. sqlite:///lrsearch.db or "
+            "postgresql+psycopg://user:password@host/db)"
+        ) from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
+        raise StorageError(
+            f"storage URL {mask_password(url)!r}: backend {parsed.get_backend_name()!r} is not supported "
+            "(allowed: sqlite, postgresql, mysql)"
+        )
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        directory = os.path.dirname(os.path.abspath(parsed.database))
+        if not os.path.isdir(directory):
+            raise StorageError(f"storage URL {mask_password(url)!r}: directory {directory!r} does not exist")
+
+
+def quiet_optuna() -> None:
+    """Optuna's info logs and experimental-feature warnings are noise to users: lrsearch reports on its own.
+    ``lrsearch --debug`` (``LRSEARCH_DEBUG=1``) keeps them."""
+    import optuna
+
+    if os.environ.get("LRSEARCH_DEBUG") != "1":
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage with heartbeats and retry of trials whose process died.
+
+    With ``create=False`` a SQLite file that does not exist is not created (``show``/``export`` of a typo).
+    """
+    import optuna
+    from sqlalchemy.engine import make_url
+
+    quiet_optuna()
+
+    check_storage_url(url)
+    parsed = make_url(url)
+    if not create and parsed.get_backend_name() == "sqlite" and parsed.database:
+        if not os.path.exists(parsed.database):
+            raise StudyNotFoundError(f"no studies: storage {mask_password(url)!r} does not exist")
+    engine_kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        # Several workers write one SQLite file: wait for the lock rather than fail with "database is locked".
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    # Optuna 4.9 renamed failed_trial_callback; take whichever this Optuna has.
+    accepted = inspect.signature(optuna.storages.RDBStorage).parameters
+    callback_arg = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in accepted else \
+        "failed_trial_callback"
+    for attempt in range(_SCHEMA_RETRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_INTERVAL,
+                    grace_period=GRACE_PERIOD,
+                    **{callback_arg: optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)},
+                )
+            break
+        except Exception as exc:  # SQLAlchemy's connection errors differ by driver: report any in one line
+            # Several machines (or workers) opening an empty database at once race to create Optuna's tables:
+            # the losers see "already exists" / a duplicate catalog key; a moment later the tables are there.
+            racing = any(s in str(exc).lower() for s in ("already exists", "duplicate key", "locked"))
+            if not racing or attempt == _SCHEMA_RETRIES - 1:
+                raise StorageError(f"cannot open storage {mask_password(url)!r}: {_first_line(exc)}") from None
+            time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
+    if parsed.get_backend_name() == "sqlite":
+        _write_ahead_log(storage.engine)
+    return storage
+
+
+def _write_ahead_log(engine: Any) -> None:
+    """SQLite in WAL mode with synchronous=NORMAL: readers never block the writer, and a commit (Optuna commits
+    every report) no longer waits for an fsync. Safe against process crashes; a power cut may lose the last
+    commits, never corrupt the file."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(connection: Any, _: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    engine.dispose()  # pooled connections opened before the listener get replaced by ones with the pragmas
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """Create the study, or load it to resume; the study file is kept in its user attrs."""
+    import optuna
+
+    space = spec.search.space()
+    grid = space.grid(spec.search.grid_points) if spec.sampler.name == "grid" else None
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction=spec.objective.direction,
+        sampler=make_sampler(spec.sampler.name, spec.sampler.seed, grid),
+        pruner=make_pruner(spec.pruner.name, spec.budget.epochs),
+        load_if_exists=True,
+    )
+    if "spec" not in study.user_attrs:
+        study.set_user_attr("spec", spec.model_dump(mode="json"))
+    return study
+
+
+def load_study(name: str, storage_url_: str) -> optuna.Study:
+    """An existing study, or :class:`StudyNotFoundError` naming the studies that do exist."""
+    import optuna
+
+    storage = open_storage(storage_url_, create=False)
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        known = ", ".join(names) if names else "none"
+        raise StudyNotFoundError(f"study {name!r} not found in {mask_password(storage_url_)} (studies: {known})")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def count_trials(study: optuna.Study, states: tuple[str, ...] = _SUFFICIENT_STATES) -> int:
+    import optuna
+
+    wanted = tuple(getattr(optuna.trial.TrialState, s) for s in states)
+    return len(study.get_trials(deepcopy=False, states=wanted))

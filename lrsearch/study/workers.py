@@ -1,0 +1,112 @@
+"""``tune --workers N``: N processes on this machine share one study through its storage.
+
+Each worker is an ordinary ``lrsearch tune`` process with its own study loop against the shared storage (Optuna's
+own model of parallelism: no scheduler of ours) and its share of the cores. This process prepares everything once
+before they start — the checks, the study, the LR range test if asked for, the MLflow parent run — then watches
+them until they exit, and closes the parent run with the best configuration and plots when they are done. The
+same command on several machines against one PostgreSQL storage and one MLflow server scales further.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lrsearch.config.overrides import Overrides, resolve_spec
+from lrsearch.distributed.processes import stop_processes
+from lrsearch.errors import Interrupted, TrialRuntimeError, UsageError
+from lrsearch.study.storage import check_storage_url, count_trials, create_study, open_storage, storage_url
+from lrsearch.study.tune import narrow_lr_ranges
+
+if TYPE_CHECKING:
+    import optuna
+
+    from lrsearch.study.trials import TuneObserver
+
+POLL_SECONDS = 1.0
+STOP_GRACE = 30.0
+"""Seconds workers get to fail their running trial and close their runs after Ctrl-C, before they are killed."""
+
+
+def tune_with_workers(
+    study_file: str | Path,
+    overrides: Overrides,
+    worker_args: list[str],
+    *,
+    workers: int,
+    storage: str | None,
+    study_name: str | None,
+    tracker: TuneObserver | None,
+    on_poll: Callable[[optuna.Study, int, int], None] | None = None,
+) -> tuple[optuna.Study, bool]:
+    """Run the study with ``workers`` processes; returns the study and whether any trial ran.
+
+    Args:
+        worker_args: The ``tune`` options every worker gets (the CLI's own, less ``--workers``).
+        tracker: Records the study in MLflow (its parent run); each worker records its own trials.
+        on_poll: Called about once a second while the workers run, with the study, its budget and the number of
+            workers.
+
+    Raises:
+        UsageError: a bad study, storage, task, or a rank count or batch size the workers could not run.
+        TrialRuntimeError: a worker failed.
+    """
+    from lrsearch.training.prepared import prepare, ranks_per_trial
+
+    spec = resolve_spec(study_file, overrides)
+    url = storage_url(storage)
+    check_storage_url(url)
+    if url.startswith("sqlite") and ":memory:" in url:
+        raise UsageError("--workers needs a storage that several processes can share, not an in-memory SQLite")
+    prepared = prepare(spec)
+    ranks_per_trial(spec, prepared.device, None)  # the checks each worker would fail alike, said once here
+    study = create_study(spec, open_storage(url), study_name or spec.name)
+    if count_trials(study) >= spec.budget.n_trials:
+        return study, False
+    narrow_lr_ranges(study, prepared)  # before the workers start, so they all search the same space
+    if tracker is not None:
+        tracker.study_started(study, spec)
+    command = [sys.executable, "-m", "lrsearch", "tune", str(study_file), *worker_args, "--storage", url,
+               "--study-name", study.study_name, "--no-progress", "--worker-of", str(workers)]
+    processes: list[subprocess.Popen] = []
+    error: BaseException | None = None
+    try:
+        processes = [subprocess.Popen(command) for _ in range(workers)]
+        while any(p.poll() is None for p in processes):
+            time.sleep(POLL_SECONDS)
+            if on_poll is not None:
+                on_poll(study, spec.budget.n_trials, workers)
+        failed = [p.returncode for p in processes if p.returncode != 0]
+        if failed:
+            raise TrialRuntimeError(f"{len(failed)} of {workers} workers failed (exit codes {failed})")
+    except BaseException as exc:
+        error = exc
+        # Pass our signal on (a worker acts on the first one it gets, so Ctrl-C reaching the whole process group
+        # does no harm), wait for them to fail their running trials and close their runs, and kill what is left.
+        signum = signal.SIGTERM if isinstance(exc, Interrupted) else signal.SIGINT
+        stop_processes(processes, signum, grace=STOP_GRACE)
+        raise
+    finally:
+        if tracker is not None:
+            tracker.study_ended(study, error)
+    return study, True
+
+
+def passthrough_args(params: dict[str, Any]) -> list[str]:
+    """The ``tune`` options a worker repeats, rebuilt from the parsed CLI parameters."""
+    flags = {"n_trials": "--n-trials", "epochs": "--epochs", "timeout": "--timeout", "sampler": "--sampler",
+             "pruner": "--pruner", "seed": "--seed", "device": "--device", "nproc_per_trial": "--nproc-per-trial",
+             "lr_range": "--lr-range", "batch_trials": "--batch-trials", "tracking_uri": "--tracking-uri",
+             "experiment": "--experiment"}
+    args: list[str] = []
+    for name, flag in flags.items():
+        if params.get(name) is not None:
+            args += [flag, str(params[name])]
+    if params.get("no_mlflow"):
+        args.append("--no-mlflow")
+    return args

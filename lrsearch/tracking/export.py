@@ -1,0 +1,111 @@
+"""The winning optimizer configuration, as JSON, YAML or a runnable torch snippet."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from lrsearch.errors import UsageError
+from lrsearch.training.optimizers import constructor
+
+if TYPE_CHECKING:
+    import optuna
+
+FORMATS = ("json", "yaml", "python")
+
+
+def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The export of one trial: what goes into the torch constructor, the schedule, and where it came from."""
+    config = trial.user_attrs.get("config")
+    if config is None:
+        raise UsageError(f"trial {trial.number} of study {study.study_name!r} has no recorded configuration")
+    torch_class, kwargs = constructor(config)
+    if "betas" in kwargs:
+        kwargs["betas"] = list(kwargs["betas"])
+    spec = study.user_attrs.get("spec", {})
+    value = trial.value if trial.value is not None and math.isfinite(trial.value) else None
+    return {
+        "optimizer": config["optimizer"],
+        "torch_class": f"torch.optim.{torch_class}",
+        "kwargs": kwargs,
+        "implementation": trial.user_attrs.get("optimizer_impl"),
+        "schedule": config["schedule"],
+        "training": trial.user_attrs.get("training", {}),
+        "objective": {
+            "metric": spec.get("objective", {}).get("metric", "val_loss"),
+            "direction": study.direction.name.lower(),
+            "value": value,
+        },
+        "metrics": {k: trial.user_attrs[k] for k in trial.user_attrs if k == "train_loss" or k.startswith("val_")},
+        "source": {
+            "study": study.study_name,
+            "trial": trial.number,
+            "state": trial.state.name,
+            "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+        },
+    }
+
+
+def render(config: dict[str, Any], fmt: str) -> str:
+    """The configuration as ``json``, ``yaml`` or a ``python`` snippet that builds it with plain torch."""
+    if fmt == "json":
+        return json.dumps(config, indent=2) + "\n"
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(config, sort_keys=False)
+    if fmt == "python":
+        return python_snippet(config)
+    raise UsageError(f"export format {fmt!r} is not known (allowed: {', '.join(FORMATS)})")
+
+
+def python_snippet(config: dict[str, Any]) -> str:
+    """Plain torch code for the optimizer and scheduler: no lrsearch needed to use the result."""
+    kwargs = ", ".join(f"{k}={_literal(v)}" for k, v in config["kwargs"].items())
+    training = config.get("training", {})
+    epochs = training.get("epochs", 1)
+    source = config.get("source", {})
+    lines = [
+        f"# {config['optimizer']} from lrsearch study {source.get('study')!r}, trial {source.get('trial')} "
+        f"({config['objective']['metric']} = {config['objective']['value']})",
+        "import math",
+        "",
+        "import torch",
+        "",
+        "model = torch.nn.Linear(4, 2)  # your model",
+        f"batch_size = {training.get('batch_size', 64)}",
+        f"epochs = {epochs}",
+        "steps_per_epoch = 100  # len(train_loader): the schedule steps once per optimizer step",
+        f"optimizer = {config['torch_class']}(model.parameters(), {kwargs})",
+    ]
+    schedule = config.get("schedule") or {"name": "constant"}
+    total = "steps_per_epoch * epochs"
+    if schedule["name"] == "constant":
+        lines.append("scheduler = None")
+    elif schedule["name"] == "cosine":
+        lines.append(f"scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max={total})")
+    elif schedule["name"] == "linear":
+        lines.append("scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, "
+                     f"total_iters={total})")
+    elif schedule["name"] == "warmup_cosine":
+        fraction = schedule.get("warmup_fraction", 0.05)
+        lines += [
+            f"warmup = max(1, math.ceil({fraction!r} * {total}))",
+            "scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [",
+            "    torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup),",
+            f"    torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, {total} - warmup)),",
+            "], milestones=[warmup])",
+        ]
+    lines += [
+        "",
+        "# in the training loop, after each optimizer.step():",
+        "#     if scheduler is not None: scheduler.step()",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, list):
+        return "(" + ", ".join(repr(v) for v in value) + ")"
+    return repr(value)

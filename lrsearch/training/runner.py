@@ -1,0 +1,159 @@
+"""Train one trial: build the model and optimizer, then train, evaluate and report every epoch.
+
+The loop in :func:`train_trial` reads top to bottom. It knows nothing of Optuna or MLflow: the caller passes an
+``on_epoch`` hook that reports and answers whether to stop (pruning). Distributed training enters through a
+:class:`~lrsearch.training.trial.Collective`; a single process uses ``SINGLE_PROCESS``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from lrsearch.training.data import global_batches
+from lrsearch.training.trial import (
+    SINGLE_PROCESS,
+    Collective,
+    EpochMetrics,
+    TrialOutcome,
+    TrialSettings,
+    check_due,
+    diverging,
+    epoch_diverged,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from lrsearch.training.data import TrainData
+    from lrsearch.training.tasks import Task
+
+
+def train_trial(
+    task: Task,
+    data: TrainData,
+    config: dict[str, Any],
+    settings: TrialSettings,
+    on_epoch: Callable[[EpochMetrics], bool] | None = None,
+    collective: Collective = SINGLE_PROCESS,
+) -> TrialOutcome:
+    """Train ``task`` with the optimizer and schedule in ``config`` and return the per-epoch history.
+
+    ``on_epoch`` gets each epoch's metrics on rank 0 and returns True to stop the trial (pruned); a diverged
+    trial (non-finite loss, or loss above 10x its first value) stops at once with ``stopped="diverged"``.
+    Same config, seed and device give bit-identical metrics on CPU.
+    """
+    import torch
+
+    from lrsearch.training.optimizers import constructor, create_optimizer, make_scheduler
+
+    device = data.train_x.device
+    torch.manual_seed(settings.seed)  # every trial starts from the same weights: a fair comparison of optimizers
+    model = collective.wrap(task.model().to(device))
+    torch_class, kwargs = constructor(config)
+    optimizer, implementation = create_optimizer(torch_class, kwargs, model.parameters())
+    n_train = len(data.train_x)
+    steps_per_epoch = math.ceil(n_train / settings.batch_size)
+    scheduler = make_scheduler(config["schedule"], optimizer, steps_per_epoch * settings.epochs)
+    outcome = TrialOutcome(implementation)
+    first_loss: float | None = None
+    step = 0
+
+    for epoch in range(settings.epochs):
+        started = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for indices, weight in global_batches(n_train, settings.batch_size, settings.seed, epoch, collective.rank,
+                                              collective.world_size, device):
+            loss = task.loss(model(data.train_x[indices]), data.train_y[indices])
+            optimizer.zero_grad(set_to_none=True)
+            # Scaled so DDP's gradient average equals the gradient of the global batch's mean loss.
+            (loss if weight == 1.0 else loss * weight).backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += loss.detach() * len(indices)
+            if first_loss is None:
+                first_loss = collective.sum(loss.detach() * weight).item() / collective.world_size
+            elif check_due(step) and collective.any(diverging(loss.item(), first_loss)):
+                outcome.stop("diverged", epoch)
+                return outcome
+            step += 1
+        train_seconds = time.perf_counter() - started
+        metrics = {"train_loss": collective.sum(loss_sum).item() / n_train,
+                   **evaluate(task, data, model, settings, collective)}
+        epoch_metrics = EpochMetrics(
+            epoch=epoch,
+            metrics=metrics,
+            lr=optimizer.param_groups[0]["lr"],
+            epoch_seconds=time.perf_counter() - started,
+            samples_per_second=n_train / train_seconds,
+        )
+        outcome.history.append(epoch_metrics)
+        if epoch_diverged(metrics, first_loss):
+            outcome.stop("diverged", epoch)
+            return outcome
+        stop = on_epoch(epoch_metrics) if on_epoch is not None and collective.rank == 0 else False
+        if collective.decide(stop):  # rank 0 decides; every rank stops at the same epoch
+            outcome.stop("pruned", epoch)
+            return outcome
+    return outcome
+
+
+def validation_names(task: Task) -> list[str]:
+    """The validation metrics a trial reports, in the order :func:`batch_scores` gives their values."""
+    return ["val_loss", *(f"val_{name}" for name in task.metrics)]
+
+
+def batch_scores(task: Task, output: Tensor, target: Tensor) -> list[float]:
+    """The loss and each metric of one validation batch, as means over its samples."""
+    return [task.loss(output, target).item(), *(float(fn(output, target)) for fn in task.metrics.values())]
+
+
+def evaluate(
+    task: Task, data: TrainData, model: torch.nn.Module, settings: TrialSettings, collective: Collective
+) -> dict[str, float]:
+    """Validation loss and metrics over the whole val set: each rank scores its shard, sums are all-reduced."""
+    import torch
+
+    module = getattr(model, "module", model)  # evaluate outside DDP: no gradient hooks, no sync per forward
+    module.eval()
+    names = validation_names(task)
+    shard = torch.arange(len(data.val_x), device=data.val_x.device).tensor_split(collective.world_size)
+    totals = [0.0] * len(names)
+    with torch.no_grad():
+        for indices in shard[collective.rank].split(settings.eval_batch_size):
+            values = batch_scores(task, module(data.val_x[indices]), data.val_y[indices])
+            totals = [t + v * len(indices) for t, v in zip(totals, values, strict=True)]
+    summed = collective.sum(torch.tensor(totals, dtype=torch.float64, device=data.val_x.device)).tolist()
+    return {name: value / len(data.val_x) for name, value in zip(names, summed, strict=True)}
+
+
+def time_training_steps(task: Task, data: TrainData, batch_size: int, steps: int = 8) -> float:
+    """Seconds for ``steps`` forward/backward/SGD steps of the task's model on real batches (after one warm-up)."""
+    import torch
+
+    model = task.model().to(data.train_x.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: time the work, change nothing that matters
+
+    def step(indices: Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        task.loss(model(data.train_x[indices]), data.train_y[indices]).backward()
+        optimizer.step()
+
+    return time_steps(step, len(data.train_x), batch_size, data.train_x.device, steps)
+
+
+def time_steps(step: Callable[[Tensor], None], n: int, batch_size: int, device: Any, steps: int) -> float:
+    """Seconds for ``steps`` calls of ``step(batch_indices)`` over consecutive batches, after one warm-up call."""
+    import torch
+
+    batches = torch.arange(n, device=device).split(batch_size)
+    step(batches[0])
+    started = time.perf_counter()
+    for index in range(1, steps + 1):
+        step(batches[index % len(batches)])
+    return time.perf_counter() - started

@@ -1,0 +1,139 @@
+"""What every trial shares, whoever trains it: its settings, per-epoch metrics and outcome, the divergence rule,
+and the :class:`Collective` through which a trial trains over several processes (or just this one)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+DIVERGENCE_FACTOR = 10.0
+"""A trial diverges when its loss is non-finite or above this many times its first value."""
+CHECK_EVERY = 32
+"""Steps between divergence checks (each is one host sync); the first steps, where a too-large lr blows up,
+are checked at steps 1, 2, 4, 8 and 16."""
+
+
+def diverging(value: float, first: float | None) -> bool:
+    """The divergence rule: ``value`` is non-finite, or above ``DIVERGENCE_FACTOR`` times the first value of the
+    same series (``first``; None while there is none yet)."""
+    return not math.isfinite(value) or (first is not None and value > DIVERGENCE_FACTOR * abs(first))
+
+
+def check_due(step: int) -> bool:
+    """Whether to check the training loss for divergence after ``step`` (0-based optimizer steps)."""
+    return step & (step - 1) == 0 or step % CHECK_EVERY == 0
+
+
+def epoch_diverged(metrics: dict[str, float], first_loss: float | None) -> bool:
+    """The rule at an epoch's end: the epoch's train loss diverges, or the validation loss is non-finite."""
+    return diverging(metrics["train_loss"], first_loss) or not math.isfinite(metrics["val_loss"])
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    epochs: int
+    batch_size: int
+    """Global batch: each of ``world_size`` ranks trains on its slice of it."""
+    seed: int
+    eval_batch_size: int = 4096
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    metrics: dict[str, float]
+    """``train_loss``, ``val_loss`` and ``val_<name>`` for each of the task's metrics."""
+    lr: float
+    epoch_seconds: float
+    samples_per_second: float
+
+
+@dataclass
+class TrialOutcome:
+    implementation: str
+    """The optimizer implementation that trained it (``fused``, ``foreach``, ``default``, ``vmap+fused``, ...),
+    recorded on the trial as ``optimizer_impl``."""
+    history: list[EpochMetrics] = field(default_factory=list)
+    stopped: str | None = None
+    """``None`` when all epochs ran, ``"pruned"`` or ``"diverged"`` otherwise."""
+    stopped_epoch: int | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.stopped == "diverged"
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1].metrics if self.history else {}
+
+    def stop(self, reason: str, epoch: int) -> None:
+        self.stopped, self.stopped_epoch = reason, epoch
+
+
+class Collective(Protocol):
+    """What a trial needs from its process group; :mod:`lrsearch.distributed.collective` implements it for DDP."""
+
+    rank: int
+    world_size: int
+
+    @property
+    def broken(self) -> bool:
+        """True once no more trials can run in this group (a torchrun rank failed)."""
+        ...
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module: ...
+
+    def sum(self, values: Tensor) -> Tensor: ...
+
+    def any(self, flag: bool) -> bool: ...
+
+    def decide(self, flag: bool) -> bool:
+        """Rank 0's flag, given to every rank."""
+        ...
+
+    def begin_trial(self, config: dict[str, Any], settings: TrialSettings) -> None:
+        """Rank 0, before training a trial: tell the other ranks what to train."""
+        ...
+
+    def recover(self) -> None:
+        """Rank 0, after a trial failed: make the group usable again (restart dead or hung ranks)."""
+        ...
+
+    def close(self) -> None:
+        """Rank 0, when the study is done: stop the other ranks."""
+        ...
+
+
+class _SingleProcess:
+    rank = 0
+    world_size = 1
+    broken = False
+
+    def begin_trial(self, config: dict[str, Any], settings: TrialSettings) -> None:
+        pass
+
+    def recover(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def sum(self, values: Tensor) -> Tensor:
+        return values
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def decide(self, flag: bool) -> bool:
+        return flag
+
+
+SINGLE_PROCESS: Collective = _SingleProcess()
