@@ -72,3 +72,14 @@ def test_quadratic_reports_its_optimal_step_size() -> None:
     assert outcome.history[-1].metrics["val_loss"] < outcome.history[0].metrics["val_loss"]
     too_big = {"optimizer": "sgd", "params": {"lr": info["max_stable_lr"] * 3}, "schedule": {"name": "constant"}}
     assert train_trial(task, data, too_big, TrialSettings(epochs=3, batch_size=128, seed=0)).diverged
+
+
+def test_the_objective_is_the_last_or_the_best_epoch_and_says_which() -> None:
+    from lrsearch.training.trial import EpochMetrics, TrialOutcome
+
+    outcome = TrialOutcome("fused", [EpochMetrics(e, {"val_loss": v, "val_accuracy": a}, 0.1, 1.0, 1.0)
+                                     for e, (v, a) in enumerate([(0.9, 0.5), (0.4, 0.8), (0.4, 0.8), (0.6, 0.7)])])
+    assert outcome.objective("val_loss", "minimize") == (0.6, 3)
+    assert outcome.objective("val_loss", "minimize", "best") == (0.4, 1)  # the earliest of equal bests
+    assert outcome.objective("val_accuracy", "maximize", "best") == (0.8, 1)
+    assert outcome.objective("val_accuracy", "minimize", "best") == (0.5, 0)

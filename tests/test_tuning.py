@@ -109,3 +109,32 @@ def test_asking_the_pruner_only_where_it_can_stop_decides_the_same(tmp_path, mon
 
     assert summary(scheduled) == summary(every)
     assert sum(t.state == State.PRUNED for t in every.trials) >= 3  # the comparison has decisions in it
+
+
+def test_objective_at_best_scores_the_best_epoch_and_exports_it(storage: str) -> None:
+    from lrsearch.config.spec import spec_from_dict
+    from lrsearch.study.results import best_trial
+    from lrsearch.tracking.export import trial_config
+    from lrsearch.training.prepared import prepare
+    from lrsearch.training.runner import train_trial
+    from lrsearch.training.trial import TrialSettings
+
+    spec = tiny_study(objective={"metric": "val_loss", "direction": "minimize", "at": "best"},
+                      budget={"n_trials": 3, "epochs": 6}, search={"optimizers": ["momentum"]},
+                      sampler={"name": "random", "seed": 1})
+    study = tune(spec, storage=storage)
+    prepared = prepare(spec_from_dict(spec))
+    for trial in study.trials:
+        assert trial.state == State.COMPLETE
+        raw = [e.metrics["val_loss"] for e in train_trial(prepared.task, prepared.data, trial.user_attrs["config"],
+                                                           TrialSettings(6, 64, 0)).history]
+        assert trial.value == min(raw) and trial.user_attrs["objective_epoch"] == raw.index(min(raw))
+        assert trial.user_attrs["val_loss"] == raw[-1]  # the last epoch's metrics stay as they were
+        reported = [trial.intermediate_values[e] for e in range(6)]
+        assert reported == [min(raw[: e + 1]) for e in range(6)]  # what the trial scores if it stopped there
+    best = best_trial(study)
+    exported = trial_config(study, best)["objective"]
+    assert exported == {"metric": "val_loss", "direction": "minimize", "value": best.value, "at": "best",
+                        "epoch": best.user_attrs["objective_epoch"]}
+    last = tune(tiny_study(name="last"), storage=storage)
+    assert all(t.user_attrs["objective_epoch"] == 1 and t.value == t.user_attrs["val_loss"] for t in last.trials)

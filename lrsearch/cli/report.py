@@ -108,8 +108,8 @@ class ProgressDisplay:
         metric = study.user_attrs.get("spec", {}).get("objective", {}).get("metric", "value")
         if best:
             self._best = f"best {metric} {best[0].value:.4g} (trial {best[0].number})"
-        if pending is not None and pending[1] is not None and pending[1].final:
-            value = pending[1].final.get(metric)
+        if pending is not None and pending[1] is not None:
+            value = pending[1].value
             if value is not None and (not best or _better(study, value, best[0].value)):
                 self._best = f"best {metric} {value:.4g} (trial {pending[0]})"
         if self._best:

@@ -61,10 +61,12 @@ class TaskRef(_Strict):
 
 
 class ObjectiveSpec(_Strict):
-    """``objective:``: the metric a trial returns and whether lower or higher is better."""
+    """``objective:``: the metric a trial returns, whether lower or higher is better, and at which epoch."""
 
     metric: str = "val_loss"
     direction: Literal["minimize", "maximize"] = "minimize"
+    at: Literal["last", "best"] = "last"
+    """``last``: the metric after the last epoch; ``best``: its best epoch (recorded with the epoch it came from)."""
 
 
 class Budget(_Strict):

@@ -16,7 +16,7 @@ from lrsearch.errors import TaskError, TrialRuntimeError
 from lrsearch.study.algorithms import PruningPoints
 from lrsearch.study.budget import ask_within_budget, fail_stale_trials, open_slots
 from lrsearch.study.heartbeat import heartbeats
-from lrsearch.study.trials import finish_trial, report_epoch, start_trial
+from lrsearch.study.trials import EpochReporter, finish_trial, start_trial
 from lrsearch.training.trial import SINGLE_PROCESS, TrialSettings
 
 if TYPE_CHECKING:
@@ -104,28 +104,23 @@ def run_study(study: optuna.Study, storage: Any, prepared: Prepared, observers: 
 def _train_and_tell(study: optuna.Study, storage: Any, trainer: TrialTrainer, trials: list[optuna.Trial],
                     observers: list[TuneObserver], points: PruningPoints) -> BaseException | None:
     """One step: start the trials, train them, finish each; returns the exception that failed them, if any."""
-    spec, metric = trainer.prepared.spec, trainer.prepared.spec.objective.metric
+    spec = trainer.prepared.spec
     training = _training_record(trainer, trials)
     configs = [start_trial(study, trial, spec, trainer.settings, training, observers) for trial in trials]
-    hooks = [_hook(trial, metric, observers, points) for trial in trials]
+    hooks = [EpochReporter(trial, spec.objective, observers, points) for trial in trials]
     try:
         with heartbeats(storage, study, trials):
             outcomes = trainer.train([t.number for t in trials], configs, hooks)
     except BaseException as exc:
         for trial in trials:
-            finish_trial(study, trial, metric, observers, error=exc)
+            finish_trial(study, trial, spec.objective, observers, error=exc)
         if isinstance(exc, TaskError) or not isinstance(exc, Exception):
             raise  # a task that cannot train, Ctrl-C, SIGTERM: the study stops here
         trainer.recover()
         return exc
     for trial, outcome in zip(trials, outcomes, strict=True):
-        finish_trial(study, trial, metric, observers, outcome)
+        finish_trial(study, trial, spec.objective, observers, outcome)
     return None
-
-
-def _hook(trial: optuna.Trial, metric: str, observers: list[TuneObserver],
-          points: PruningPoints) -> Callable[[EpochMetrics], bool]:
-    return lambda epoch: report_epoch(trial, epoch, metric, observers, points)
 
 
 def _training_record(trainer: TrialTrainer, trials: list[optuna.Trial]) -> dict[str, Any]:

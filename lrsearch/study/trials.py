@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import optuna
 
-    from lrsearch.config.spec import StudySpec
+    from lrsearch.config.spec import ObjectiveSpec, StudySpec
     from lrsearch.study.algorithms import PruningPoints
     from lrsearch.training.trial import EpochMetrics, TrialOutcome, TrialSettings
 
@@ -54,23 +54,35 @@ def start_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, setti
     return config
 
 
-def report_epoch(trial: optuna.Trial, epoch: EpochMetrics, metric: str, observers: list[TuneObserver],
-                 points: PruningPoints) -> bool:
-    """Report one epoch to Optuna and the observers; True when the pruner stops the trial here."""
-    trial.report(epoch.metrics[metric], epoch.epoch)
-    for observer in observers:
-        observer.epoch_ended(trial, epoch)
-    return points.due(trial.number, epoch.epoch) and trial.should_prune()
+class EpochReporter:
+    """A trial's ``on_epoch`` hook: reports each epoch's objective so far to Optuna (the epoch's metric, or with
+    ``objective.at: best`` the best of the trial's epochs so far, what the trial would score if it stopped there),
+    passes the epoch to the observers, and answers whether the pruner stops the trial here."""
+
+    def __init__(self, trial: optuna.Trial, objective: ObjectiveSpec, observers: list[TuneObserver],
+                 points: PruningPoints) -> None:
+        self.trial, self.objective, self.observers, self.points = trial, objective, observers, points
+        self.best: float | None = None
+
+    def __call__(self, epoch: EpochMetrics) -> bool:
+        value = epoch.metrics[self.objective.metric]
+        if self.objective.at == "best" and self.best is not None:
+            value = min(value, self.best) if self.objective.direction == "minimize" else max(value, self.best)
+        self.best = value
+        self.trial.report(value, epoch.epoch)
+        for observer in self.observers:
+            observer.epoch_ended(self.trial, epoch)
+        return self.points.due(self.trial.number, epoch.epoch) and self.trial.should_prune()
 
 
-def finish_trial(study: optuna.Study, trial: optuna.Trial, metric: str, observers: list[TuneObserver],
+def finish_trial(study: optuna.Study, trial: optuna.Trial, objective: ObjectiveSpec, observers: list[TuneObserver],
                  outcome: TrialOutcome | None = None, error: BaseException | None = None) -> str:
     """Record how the trial ended and tell Optuna; returns its state.
 
     A trial that raised ``error`` is FAIL with its ``fail_reason`` (``interrupted`` for Ctrl-C or SIGTERM). Else it
-    keeps its implementation, ``diverged`` and final metrics as user attributes and is COMPLETE with ``metric``,
-    or PRUNED at the epoch it stopped; a diverged trial is reported the worst value at that epoch, so the sampler
-    learns the region is bad.
+    keeps its implementation, ``diverged`` and final metrics as user attributes and is COMPLETE with its objective
+    value (``outcome.value``, from the epoch ``objective_epoch``), or PRUNED at the epoch it stopped; a diverged
+    trial is reported the worst value at that epoch, so the sampler learns the region is bad.
     """
     import optuna
 
@@ -91,11 +103,14 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, metric: str, observer
     if outcome.diverged:
         minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
         trial.report(math.inf if minimize else -math.inf, outcome.stopped_epoch)
+    elif not outcome.stopped:
+        outcome.value, outcome.value_epoch = outcome.objective(objective.metric, objective.direction, objective.at)
+        trial.set_user_attr("objective_epoch", outcome.value_epoch)
     state = "PRUNED" if outcome.stopped else "COMPLETE"
     for observer in observers:
         observer.trial_ended(trial, state, outcome, None)
     if outcome.stopped:
         study.tell(trial, state=states.PRUNED)
     else:
-        study.tell(trial, outcome.final[metric])
+        study.tell(trial, outcome.value)
     return state

@@ -36,6 +36,8 @@ def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[s
             "metric": spec.get("objective", {}).get("metric", "val_loss"),
             "direction": study.direction.name.lower(),
             "value": value,
+            "at": spec.get("objective", {}).get("at", "last"),
+            "epoch": trial.user_attrs.get("objective_epoch"),
         },
         "metrics": {k: trial.user_attrs[k] for k in trial.user_attrs if k == "train_loss" or k.startswith("val_")},
         "source": {

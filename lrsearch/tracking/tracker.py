@@ -97,8 +97,7 @@ class MlflowTracker:
         if error is not None:
             tags["fail_reason"] = "interrupted" if isinstance(error, KeyboardInterrupt) else \
                 f"{type(error).__name__}: {error}"[:4000]
-        metric = trial.study.user_attrs.get("spec", {}).get("objective", {}).get("metric", "val_loss")
-        value = outcome.final.get(metric) if outcome is not None else None
+        value = outcome.value if outcome is not None else None
         minimize = trial.study.direction == optuna.study.StudyDirection.MINIMIZE
         self._send("trial_ended", trial.number, state, tags, value, minimize)
         if isinstance(error, KeyboardInterrupt):

@@ -62,6 +62,10 @@ class TrialOutcome:
     stopped: str | None = None
     """``None`` when all epochs ran, ``"pruned"`` or ``"diverged"`` otherwise."""
     stopped_epoch: int | None = None
+    value: float | None = None
+    """The trial's objective value once the study has scored it (:meth:`objective`), None before or when stopped."""
+    value_epoch: int | None = None
+    """The epoch :attr:`value` comes from."""
 
     @property
     def diverged(self) -> bool:
@@ -73,6 +77,21 @@ class TrialOutcome:
 
     def stop(self, reason: str, epoch: int) -> None:
         self.stopped, self.stopped_epoch = reason, epoch
+
+    def objective(self, metric: str, direction: str, at: str = "last") -> tuple[float, int]:
+        """The objective value and the epoch it comes from: ``metric`` after the last epoch (``at="last"``), or at
+        its best epoch (``at="best"``; the earliest of equal ones). The final metrics count as the last epoch's.
+
+        Raises:
+            KeyError: ``metric`` was never recorded.
+        """
+        last_epoch = self.history[-1].epoch if self.history else 0
+        final = (self.final[metric], last_epoch)
+        if at == "last":
+            return final
+        series = [(e.metrics[metric], e.epoch) for e in self.history[:-1] if metric in e.metrics] + [final]
+        pick = min if direction == "minimize" else max  # both keep the first, earliest, of equal values
+        return pick(series, key=lambda value_and_epoch: value_and_epoch[0])
 
 
 class Collective(Protocol):
