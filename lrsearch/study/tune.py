@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from lrsearch.config.spec import StudySpec
     from lrsearch.study.trials import TuneObserver
     from lrsearch.training.prepared import Prepared
+    from lrsearch.training.trial import Collective
 
 
 def run_tune(
@@ -62,18 +63,23 @@ def run_tune(
         if finished:
             return study, False  # torchrun: rank 0 still joined, so the other ranks are told to stop
         narrow_lr_ranges(study, prepared)
-        observers = list(observers or [])
-        for observer in observers:
-            observer.study_started(study, spec)
-        try:
-            run_study(study, opened, prepared, observers, collective)
-        except BaseException as exc:
-            for observer in observers:
-                observer.study_ended(study, exc)
-            raise
-        for observer in observers:
-            observer.study_ended(study, None)
+        _observed(study, opened, prepared, list(observers or []), collective)
     return study, True
+
+
+def _observed(study: optuna.Study, storage: Any, prepared: Prepared, observers: list[TuneObserver],
+              collective: Collective) -> None:
+    """Run the study loop between the observers' ``study_started`` and ``study_ended``."""
+    for observer in observers:
+        observer.study_started(study, prepared.spec)
+    try:
+        run_study(study, storage, prepared, observers, collective)
+    except BaseException as exc:
+        for observer in observers:
+            observer.study_ended(study, exc)
+        raise
+    for observer in observers:
+        observer.study_ended(study, None)
 
 
 def narrow_lr_ranges(study: optuna.Study, prepared: Prepared) -> None:

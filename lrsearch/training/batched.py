@@ -255,27 +255,15 @@ def _train(stack: Stack, task: Task, data: TrainData, settings: TrialSettings) -
         stack.model.train()
         loss_sum = torch.zeros(len(stack.members), device=device)
         for indices, _ in global_batches(n_train, settings.batch_size, settings.seed, epoch, 0, 1, device):
-            try:
-                losses = stack.step(data.train_x[indices], data.train_y[indices], [m.lrs[step] for m in stack.members])
-            except RuntimeError as exc:
-                if step > 0:
-                    raise
-                raise BatchingError(f"the task cannot be trained stacked with torch.func.vmap ({exc}); "
-                                    "run it without --batch-trials") from exc
+            losses = _step(stack, data, indices, step)
             loss_sum += losses * len(indices)
             if step == 0:
                 for member, value in zip(stack.members, losses.tolist(), strict=True):
                     member.first_loss = value
             elif check_due(step):
-                values = losses.tolist()
-                diverged = [m for m, v in zip(stack.members, values, strict=True) if diverging(v, m.first_loss)]
-                if diverged:
-                    for member in diverged:
-                        member.outcome.stop("diverged", epoch)
-                    loss_sum = loss_sum[[i for i, m in enumerate(stack.members) if m not in diverged]]
-                    stack.drop(diverged)
-                    if not stack.members:
-                        return
+                loss_sum = _drop_diverged(stack, losses.tolist(), loss_sum, epoch)
+                if not stack.members:
+                    return
             step += 1
         train_seconds = time.perf_counter() - started
         metrics = _evaluate(stack, task, data, settings, loss_sum.tolist(), n_train)
@@ -295,6 +283,29 @@ def _train(stack: Stack, task: Task, data: TrainData, settings: TrialSettings) -
             stack.drop(stopped)
             if not stack.members:
                 return
+
+
+def _step(stack: Stack, data: TrainData, indices: Tensor, step: int) -> Tensor:
+    """One stacked optimizer step; the first one tells a model that ``vmap`` cannot run from a real failure."""
+    try:
+        return stack.step(data.train_x[indices], data.train_y[indices], [m.lrs[step] for m in stack.members])
+    except RuntimeError as exc:
+        if step > 0:
+            raise
+        raise BatchingError(f"the task cannot be trained stacked with torch.func.vmap ({exc}); "
+                            "run it without --batch-trials") from exc
+
+
+def _drop_diverged(stack: Stack, losses: list[float], loss_sum: Tensor, epoch: int) -> Tensor:
+    """Stop and drop the members whose loss diverges; returns the epoch's loss sums of the members left."""
+    diverged = [m for m, v in zip(stack.members, losses, strict=True) if diverging(v, m.first_loss)]
+    if not diverged:
+        return loss_sum
+    for member in diverged:
+        member.outcome.stop("diverged", epoch)
+    loss_sum = loss_sum[[i for i, m in enumerate(stack.members) if m not in diverged]]
+    stack.drop(diverged)
+    return loss_sum
 
 
 def _evaluate(stack: Stack, task: Task, data: TrainData, settings: TrialSettings, loss_sums: list[float],
