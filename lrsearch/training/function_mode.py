@@ -22,7 +22,7 @@ import optuna  # TrialStopped must subclass optuna.TrialPruned; this module is o
 
 from lrsearch.config.search_space import flat_params
 from lrsearch.errors import SpecError, TaskError
-from lrsearch.training.trial import EpochMetrics, TrialOutcome, TrialSettings, diverging
+from lrsearch.training.trial import EpochMetrics, TrialOutcome, TrialSettings, check_due, diverging
 
 if TYPE_CHECKING:
     import torch
@@ -80,6 +80,7 @@ class TrialContext:
         self._target, self._metric, self._direction, self._on_epoch = target, metric, direction, on_epoch
         self._optimizer: torch.optim.Optimizer | None = None
         self._first_loss: dict[str, float] = {}
+        self._steps = 0
         self._last_time = time.perf_counter()
 
     def build_optimizer(self, parameters: Any) -> torch.optim.Optimizer:
@@ -134,6 +135,25 @@ class TrialContext:
         values = self._numbers(where, metrics, require_objective=True)
         extra = self._numbers(where, {k: v for k, v in (("samples", samples), ("lr", lr)) if v is not None})
         self._record(epoch, values, extra.get("samples"), extra.get("lr"))
+
+    def check_divergence(self, loss: Any) -> None:
+        """The built-in loop's divergence check on one optimizer step's training loss (a float or a one-element
+        tensor); call it after every step. The first step's loss is the reference, and later epochs' ``train_loss``
+        reports are judged against it too; a tensor is read (one host sync) only at the checked steps, 1, 2, 4,
+        8, 16, then every 32. Raises :class:`TrialStopped` ``"diverged"`` at the epoch in progress.
+
+        Example:
+            >>> ctx.check_divergence(loss.detach())  # after optimizer.step()
+        """
+        step, self._steps = self._steps, self._steps + 1
+        if step and not check_due(step):
+            return
+        value = float(loss)
+        first = self._first_loss.setdefault("train_loss", value)
+        if step and diverging(value, first) and self.stopped is None:
+            self.stopped = TrialStopped("diverged", self.history[-1].epoch + 1 if self.history else 0)
+        if self.stopped is not None:
+            raise self.stopped
 
     def _record(self, epoch: int, values: dict[str, float], samples: float | None, lr: float | None) -> None:
         now = time.perf_counter()
