@@ -100,6 +100,15 @@ def test_an_integration_without_its_framework_names_the_extra(framework: str, tm
     assert not (tmp_path / "lrsearch.db").exists()
 
 
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+def test_the_example_studies_validate(framework: str) -> None:
+    name = FRAMEWORKS[framework][0]
+    path = EXAMPLES / f"{name}.yaml"
+    assert path.read_text().startswith(f"# lrsearch tune studies/examples/{name}.yaml\n")
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 0 and result.output == "ok\n", result.output
+
+
 def test_a_rank_started_by_rerunning_the_command_inside_a_trial_refuses() -> None:
     """Lightning's strategy='ddp' re-runs the command line per extra rank, inheriting the trial's environment."""
     code = ("from lrsearch.errors import LrsearchError\ntry:\n    import lrsearch.integrations.lightning\n"
