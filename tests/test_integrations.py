@@ -156,6 +156,18 @@ def test_a_diverged_trial_stops_the_framework_at_that_epoch(framework: str, tmp_
     assert 2 <= seen()[0]["steps"] <= 5
 
 
+def context_error(tmp_path: Path, module: str, code: str) -> str:
+    """The ContextError that one trial of ``module:train`` (``code``, written to tmp_path) raises."""
+    (tmp_path / f"{module}.py").write_text(code)
+    sys.modules.pop(module, None)
+    study = tiny_study(task={"function": f"{module}:train"})
+    spec = spec_from_dict(study, "study.yaml")
+    spec.source = str(write_study(tmp_path, study))
+    with pytest.raises(ContextError) as error:
+        run_function_trial(load_function(spec), spec, ADAM, TrialSettings(3, 64, 0), device="cpu")
+    return str(error.value)
+
+
 MISUSE = {
     "lightning": {
         "max_epochs=ctx.epochs + 1": ("L.Trainer(max_epochs=ctx.epochs + 1, callbacks=[TrialCallback(ctx)])",
@@ -173,7 +185,7 @@ MISUSE = {
 def test_lightning_misuse_is_one_clear_context_error(case: str, tmp_path: Path) -> None:
     trainer, problem = MISUSE["lightning"][case]
     own = "torch.optim.SGD(self.parameters(), lr=0.1)" if case == "own optimizer" else "trial_optimizers(ctx, self)"
-    (tmp_path / "misused.py").write_text(textwrap.dedent(f"""
+    code = textwrap.dedent(f"""
         import lightning as L
         import torch
         from lightning_digits import load_digits
@@ -194,13 +206,9 @@ def test_lightning_misuse_is_one_clear_context_error(case: str, tmp_path: Path) 
             loader = torch.utils.data.DataLoader(load_digits()[0], batch_size=64)
             trainer = {trainer}
             trainer.fit(Own(), loader)
-    """))
-    sys.modules.pop("misused", None)
-    spec = spec_from_dict(tiny_study(task={"function": "misused:train"}), "study.yaml")
-    spec.source = str(write_study(tmp_path, tiny_study(task={"function": "misused:train"})))
-    with pytest.raises(ContextError) as error:
-        run_function_trial(load_function(spec), spec, ADAM, TrialSettings(3, 64, 0), device="cpu")
-    assert problem in str(error.value) and "\n" not in str(error.value)
+    """)
+    message = context_error(tmp_path, "misused", code)
+    assert problem in message and "\n" not in message
 
 
 @pytest.mark.parametrize(("arguments", "problem"), [
@@ -209,7 +217,7 @@ def test_lightning_misuse_is_one_clear_context_error(case: str, tmp_path: Path) 
                                                "epoch (allowed: 'epoch'"),
 ])
 def test_transformers_misuse_is_one_clear_context_error(arguments: str, problem: str, tmp_path: Path) -> None:
-    (tmp_path / "misused_hf.py").write_text(textwrap.dedent(f"""
+    code = textwrap.dedent(f"""
         from transformers import Trainer, TrainingArguments
         from transformers_digits import load_digits, tiny_bert
         from lrsearch.integrations.transformers import TrialCallback, trial_optimizers
@@ -219,13 +227,9 @@ def test_transformers_misuse_is_one_clear_context_error(arguments: str, problem:
             args = TrainingArguments(output_dir="out", use_cpu=True, {arguments})
             Trainer(model, args, train_dataset=train_set, eval_dataset=val_set, callbacks=[TrialCallback(ctx)],
                     optimizers=trial_optimizers(ctx, model, args, train_set)).train()
-    """))
-    sys.modules.pop("misused_hf", None)
-    spec = spec_from_dict(tiny_study(task={"function": "misused_hf:train"}), "study.yaml")
-    spec.source = str(write_study(tmp_path, tiny_study(task={"function": "misused_hf:train"})))
-    with pytest.raises(ContextError) as error:
-        run_function_trial(load_function(spec), spec, ADAM, TrialSettings(3, 64, 0), device="cpu")
-    assert problem in str(error.value) and "\n" not in str(error.value)
+    """)
+    message = context_error(tmp_path, "misused_hf", code)
+    assert problem in message and "\n" not in message
 
 
 # -- a study -----------------------------------------------------------------------------------------------------
