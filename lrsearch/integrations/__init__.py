@@ -88,8 +88,8 @@ def budget_problem(ctx: TrialContext, framework: str, epochs_name: str, epochs: 
 def report_to_trial(ctx: TrialContext, epoch: int, metrics: Mapping[str, Any], samples: int | None = None) -> bool:
     """Report one epoch's metrics through ``ctx.report``; True when the trial must stop (pruned or diverged).
 
-    Metrics that are not single numbers (a framework may log tensors of several values, strings) are left out;
-    the objective metric's absence is reported by ``ctx.report`` itself.
+    Metrics that are not single numbers (a framework may log tensors of several values, strings) are left out, and
+    so are ``epoch`` and ``samples``; the objective metric's absence is reported by ``ctx.report`` itself.
 
     Example:
         >>> if report_to_trial(ctx, epoch, {"val_loss": 0.4, "train_loss": 0.5}):
@@ -99,7 +99,8 @@ def report_to_trial(ctx: TrialContext, epoch: int, metrics: Mapping[str, Any], s
 
     if ctx.stopped is not None:
         return True  # the framework ran on after the stop (e.g. a minimum epoch count): keep stopping, never report
-    numbers = {name: value for name, value in metrics.items() if _is_number(value)}
+    numbers = {name: value for name, value in metrics.items()
+               if _is_number(value) and name not in ("epoch", "samples")}  # the frameworks' counters, not metrics
     try:
         ctx.report(epoch, samples=samples, **numbers)
     except TrialStopped:
