@@ -100,6 +100,13 @@ def test_an_integration_without_its_framework_names_the_extra(framework: str, tm
     assert not (tmp_path / "lrsearch.db").exists()
 
 
+def test_a_trial_context_sent_to_another_process_is_refused_in_one_line(tmp_path: Path) -> None:
+    """What Lightning's ddp_spawn does with the module and callbacks holding ctx: pickle them for the new ranks."""
+    message = context_error(tmp_path, "pickles_ctx", "import pickle\n\ndef train(ctx):\n    pickle.dumps(ctx)\n")
+    assert message.startswith("the trial context of task.function 'pickles_ctx:train' cannot be pickled: a trial "
+                              "reports from the process lrsearch runs it in") and "ddp_spawn" in message
+
+
 @pytest.mark.parametrize("framework", list(FRAMEWORKS))
 def test_the_example_studies_validate(framework: str) -> None:
     name = FRAMEWORKS[framework][0]

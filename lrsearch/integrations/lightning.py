@@ -20,11 +20,13 @@ Three additions to an ordinary Lightning script (``studies/examples/lightning_di
 - :func:`trial_arguments` gives the Trainer the trial's budget and device: ``max_epochs=ctx.epochs``, one device.
 
 DDP: a trial trains in one process, on one device (CPU or one GPU). Lightning's multi-process strategies cannot run
-inside it: ``ddp_spawn`` trains in child processes that cannot report to the trial, and ``strategy="ddp"`` re-runs
-the command line for each extra rank (a second ``lrsearch tune``) before any callback runs. The callback refuses a
-Trainer of more than one process at ``setup``; a rank started by re-running the command line refuses at import
-with one line (Lightning then kills the launching process, as it does whenever a rank fails). Pass
-``**trial_arguments(ctx)`` (one device) and use ``lrsearch tune --workers N`` to train trials in parallel.
+inside it: ``ddp_spawn`` and ``ddp_fork`` train in child processes that cannot report to the trial, and
+``strategy="ddp"`` re-runs the command line for each extra rank (a second ``lrsearch tune``) before any callback
+runs. Refused: ``ddp_spawn`` when it pickles the trial's context (one line, the study stops); any Trainer of more
+than one process at ``setup`` (under ``ddp_fork`` that runs in the children, so the trial fails with their
+traceback); a rank started by re-running the command line, at import, with one line (Lightning then kills the
+launching process, as it does whenever a rank fails). Pass ``**trial_arguments(ctx)`` (one device) and use
+``lrsearch tune --workers N`` to train trials in parallel.
 """
 
 from __future__ import annotations

@@ -83,6 +83,12 @@ class TrialContext:
         self._steps = 0
         self._last_time = time.perf_counter()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # It reports through this process's study: a copy in another process could not, so refuse, in one line.
+        raise ContextError(f"the trial context of task.function {self._target!r} cannot be pickled: a trial reports "
+                           "from the process lrsearch runs it in (keep ctx out of what is sent to other processes "
+                           "or saved, e.g. by Lightning's ddp_spawn or save_hyperparameters(ignore=['ctx']))")
+
     def build_optimizer(self, parameters: Any) -> torch.optim.Optimizer:
         """The sampled optimizer over ``parameters`` (tensors or param groups), fastest implementation first.
 
