@@ -22,7 +22,7 @@ import optuna  # TrialStopped must subclass optuna.TrialPruned; this module is o
 
 from lrsearch.config.search_space import flat_params
 from lrsearch.errors import SpecError, TaskError
-from lrsearch.training.trial import EpochMetrics, TrialOutcome, TrialSettings, diverging
+from lrsearch.training.trial import EpochMetrics, TrialOutcome, TrialSettings, check_due, diverging
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +80,14 @@ class TrialContext:
         self._target, self._metric, self._direction, self._on_epoch = target, metric, direction, on_epoch
         self._optimizer: torch.optim.Optimizer | None = None
         self._first_loss: dict[str, float] = {}
+        self._steps = 0
         self._last_time = time.perf_counter()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # It reports through this process's study: a copy in another process could not, so refuse, in one line.
+        raise ContextError(f"the trial context of task.function {self._target!r} cannot be pickled: a trial reports "
+                           "from the process lrsearch runs it in (keep ctx out of what is sent to other processes "
+                           "or saved, e.g. by Lightning's ddp_spawn or save_hyperparameters(ignore=['ctx']))")
 
     def build_optimizer(self, parameters: Any) -> torch.optim.Optimizer:
         """The sampled optimizer over ``parameters`` (tensors or param groups), fastest implementation first.
@@ -134,6 +141,25 @@ class TrialContext:
         values = self._numbers(where, metrics, require_objective=True)
         extra = self._numbers(where, {k: v for k, v in (("samples", samples), ("lr", lr)) if v is not None})
         self._record(epoch, values, extra.get("samples"), extra.get("lr"))
+
+    def check_divergence(self, loss: Any) -> None:
+        """The built-in loop's divergence check on one optimizer step's training loss (a float or a one-element
+        tensor); call it after every step. The first step's loss is the reference, and later epochs' ``train_loss``
+        reports are judged against it too; a tensor is read (one host sync) only at the checked steps, 1, 2, 4,
+        8, 16, then every 32. Raises :class:`TrialStopped` ``"diverged"`` at the epoch in progress.
+
+        Example:
+            >>> ctx.check_divergence(loss.detach())  # after optimizer.step()
+        """
+        step, self._steps = self._steps, self._steps + 1
+        if step and not check_due(step):
+            return
+        value = float(loss)
+        first = self._first_loss.setdefault("train_loss", value)
+        if step and diverging(value, first) and self.stopped is None:
+            self.stopped = TrialStopped("diverged", self.history[-1].epoch + 1 if self.history else 0)
+        if self.stopped is not None:
+            raise self.stopped
 
     def _record(self, epoch: int, values: dict[str, float], samples: float | None, lr: float | None) -> None:
         now = time.perf_counter()
