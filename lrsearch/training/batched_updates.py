@@ -103,6 +103,7 @@ class FusedUpdates(MemberUpdates):
         import torch
         from torch.optim.adagrad import adagrad
         from torch.optim.adam import adam
+        from torch.optim.adamw import adamw
         from torch.optim.sgd import sgd
 
         for row, (hp, state, lr) in enumerate(zip(self.hp, self.state, lrs, strict=True)):
@@ -119,10 +120,11 @@ class FusedUpdates(MemberUpdates):
             elif self.torch_class == "Adagrad":
                 adagrad([p], [g], [state["a"]], [state["step"]], fused=True, lr=lr, weight_decay=hp["weight_decay"],
                         lr_decay=hp["lr_decay"], eps=hp["eps"], maximize=False)
-            else:
-                adam([p], [g], [state["a"]], [state["b"]], [], [state["step"]], fused=True, amsgrad=False,
-                     beta1=hp["beta1"], beta2=hp["beta2"], lr=lr, weight_decay=hp["weight_decay"], eps=hp["eps"],
-                     maximize=False, decoupled_weight_decay=self.torch_class == "AdamW")
+            else:  # adamw, not adam(decoupled_weight_decay=True): that keyword is new in torch 2.7
+                update = adamw if self.torch_class == "AdamW" else adam
+                update([p], [g], [state["a"]], [state["b"]], [], [state["step"]], fused=True, amsgrad=False,
+                       beta1=hp["beta1"], beta2=hp["beta2"], lr=lr, weight_decay=hp["weight_decay"], eps=hp["eps"],
+                       maximize=False)
 
 
 class StackedUpdates(MemberUpdates):
