@@ -48,7 +48,7 @@ def test_fixed_values_are_used_as_given() -> None:
 
 
 def test_shared_names_give_one_lr_parameter() -> None:
-    names = {n for frozen, _ in _sample(SearchSpace(("adam", "sgd"), shared_names=True)) for n in frozen.params}
+    names = {n for frozen, _ in _sample(SearchSpace(("adam", "sgd"), param_names="shared")) for n in frozen.params}
     assert "lr" in names and not any(n.endswith(".lr") for n in names)
 
 

@@ -49,6 +49,8 @@ class OptimizerPreset:
     source: str = ""
     defaults: dict[str, float] = field(default_factory=dict)
     """Values the grid sampler uses for everything but lr (torch's defaults; momentum 0.9)."""
+    textbook_lr: float = 1e-3
+    """The lr the literature starts from: the centre of the default search's prior (:mod:`lrsearch.config.priors`)."""
 
 
 _WD_L2 = Range(1e-6, 1e-2)
@@ -69,18 +71,18 @@ PRESETS: dict[str, OptimizerPreset] = {
         OptimizerPreset(
             "sgd", "SGD", {"lr": Range(1e-4, 1.0), "weight_decay": _WD_L2},
             source="Bengio 2012, Practical recommendations (lr below 1, searched on a log scale)",
-            defaults={"weight_decay": 0.0},
+            defaults={"weight_decay": 0.0}, textbook_lr=0.1,
         ),
         OptimizerPreset(
             "momentum", "SGD", {"lr": Range(1e-4, 1.0), "momentum": _MOMENTUM, "weight_decay": _WD_L2},
             source="Sutskever et al. 2013; 1-momentum on a log scale as in Choi et al. 2019",
-            defaults={"momentum": 0.9, "weight_decay": 0.0},
+            defaults={"momentum": 0.9, "weight_decay": 0.0}, textbook_lr=0.1,
         ),
         OptimizerPreset(
             "nesterov", "SGD", {"lr": Range(1e-4, 1.0), "momentum": _MOMENTUM, "weight_decay": _WD_L2},
             torch_fixed={"nesterov": True},
             source="Sutskever et al. 2013; Choi et al. 2019",
-            defaults={"momentum": 0.9, "weight_decay": 0.0},
+            defaults={"momentum": 0.9, "weight_decay": 0.0}, textbook_lr=0.1,
         ),
         OptimizerPreset(
             "rmsprop", "RMSprop",
@@ -101,7 +103,7 @@ PRESETS: dict[str, OptimizerPreset] = {
         OptimizerPreset(
             "nadam", "NAdam", {**_ADAM_FAMILY, "weight_decay": _WD_L2},
             source="Dozat 2016; Choi et al. 2019",
-            defaults=_ADAM_DEFAULTS,
+            defaults=_ADAM_DEFAULTS, textbook_lr=2e-3,
         ),
         OptimizerPreset(
             "radam", "RAdam", {**_ADAM_FAMILY, "weight_decay": _WD_L2},
@@ -111,7 +113,7 @@ PRESETS: dict[str, OptimizerPreset] = {
         OptimizerPreset(
             "adagrad", "Adagrad", {"lr": Range(1e-4, 1.0), "eps": _EPS, "weight_decay": _WD_L2},
             source="Duchi et al. 2011 (default lr 1e-2)",
-            defaults={"eps": 1e-10, "weight_decay": 0.0},
+            defaults={"eps": 1e-10, "weight_decay": 0.0}, textbook_lr=1e-2,
         ),
     ]
 }
@@ -128,8 +130,10 @@ class SearchSpace:
     optimizers: tuple[str, ...]
     schedules: tuple[str, ...] = ("constant",)
     overrides: dict[str, dict[str, float | Range]] = field(default_factory=dict)
-    shared_names: bool = False
-    """Name Optuna parameters ``lr`` (shared by all optimizers) instead of ``adam.lr``."""
+    param_names: str = "per_optimizer"
+    """How Optuna's parameters are named: ``per_optimizer`` (``adam.lr``), ``shared`` (one ``lr`` for every
+    optimizer) or ``relative`` (one space shared by every optimizer, lr in decades from each one's textbook lr:
+    :class:`lrsearch.config.priors.RelativeSpace` samples it; :func:`lrsearch.config.priors.coordinates` picks)."""
 
     def hyperparameters(self, optimizer: str) -> dict[str, float | Range]:
         """The optimizer's hyperparameters: a fixed value or the range to sample."""
@@ -151,7 +155,7 @@ class SearchSpace:
         overrides = {k: dict(v) for k, v in self.overrides.items()}
         for optimizer, (low, high) in ranges.items():
             overrides.setdefault(optimizer, {})["lr"] = Range(low, high)
-        return SearchSpace(self.optimizers, self.schedules, overrides, self.shared_names)
+        return SearchSpace(self.optimizers, self.schedules, overrides, self.param_names)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample one configuration, define-by-run.
@@ -161,11 +165,39 @@ class SearchSpace:
             :func:`lrsearch.build_optimizer` and the exports take.
         """
         optimizer = trial.suggest_categorical("optimizer", list(self.optimizers))
-        prefix = "" if self.shared_names else f"{optimizer}."
+        prefix = "" if self.param_names == "shared" else f"{optimizer}."
         params: dict[str, float] = {}
         for name, spec in self.hyperparameters(optimizer).items():
             params[name] = _suggest_one(trial, prefix + name, spec, PRESETS[optimizer].weight_decay_can_be_zero)
         return {"optimizer": optimizer, "params": params, "schedule": self.suggest_schedule(trial)}
+
+    def encode(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The Optuna parameters, as :meth:`suggest` names them, that stand for ``config`` (to enqueue it).
+
+        Example:
+            >>> SearchSpace(("sgd",)).encode({"optimizer": "sgd", "params": {"lr": 0.1, "weight_decay": 0.0},
+            ...                               "schedule": {"name": "constant"}})
+            {'optimizer': 'sgd', 'sgd.lr': 0.1, 'sgd.weight_decay_on': False, 'schedule': 'constant'}
+        """
+        name = config["optimizer"]
+        prefix = "" if self.param_names == "shared" else f"{name}."
+        out: dict[str, Any] = {"optimizer": name}
+        for hp, spec in self.hyperparameters(name).items():
+            if not isinstance(spec, Range):
+                continue
+            value = config["params"][hp]
+            if hp == "weight_decay" and PRESETS[name].weight_decay_can_be_zero:
+                out[prefix + "weight_decay_on"] = value > 0
+                if value == 0:
+                    continue
+            if spec.scale == "log1m":
+                out[f"{prefix}one_minus_{hp}"] = 1.0 - value
+            elif spec.low != spec.high:
+                out[prefix + hp] = value
+        out["schedule"] = config["schedule"]["name"]
+        if config["schedule"]["name"] == "warmup_cosine":
+            out["schedule.warmup_fraction"] = config["schedule"].get("warmup_fraction", 0.05)
+        return out
 
     def grid(self, points: int) -> dict[str, list[Any]]:
         """The grid for Optuna's GridSampler: every optimizer x ``points`` log-spaced lrs x every schedule."""

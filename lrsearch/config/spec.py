@@ -23,8 +23,8 @@ from pydantic import (
 from lrsearch.config.search_space import OPTIMIZERS, PRESETS, SCHEDULES, Range, SearchSpace
 from lrsearch.errors import SpecError
 
-SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "qmc", "random", "grid")
-PRUNERS = ("none", "median", "sha", "hyperband", "wilcoxon")
+SAMPLERS = ("prior", "tpe", "gp", "cmaes", "nsga2", "qmc", "random", "grid")
+PRUNERS = ("halving", "none", "median", "sha", "hyperband", "wilcoxon")
 BUILTIN_TASKS = ("digits-mlp", "quadratic")
 
 
@@ -110,7 +110,10 @@ class Train(_Strict):
 class Search(_Strict):
     optimizers: list[Literal[OPTIMIZERS]] = Field(default_factory=lambda: list(OPTIMIZERS), min_length=1)  # type: ignore[valid-type]
     schedules: list[Literal[SCHEDULES]] = Field(default_factory=lambda: ["constant"], min_length=1)  # type: ignore[valid-type]
-    param_names: Literal["per_optimizer", "shared"] = "per_optimizer"
+    param_names: Literal["auto", "per_optimizer", "shared", "relative"] = "auto"
+    """How Optuna's parameters are named (``auto``: ``relative`` for the prior sampler, else ``per_optimizer``)."""
+    portfolio: Literal["auto", "textbook", "none"] = "auto"
+    """``textbook``: run the textbook configurations first (``auto``: for the prior sampler)."""
     grid_points: int = Field(5, gt=0)
     lr_range: Literal["auto", "preset"] = "preset"
     # Per-optimizer overrides, one optional field per optimizer: {hyperparameter: value | {low, high}}.
@@ -147,14 +150,16 @@ class Search(_Strict):
             ))
         return self
 
-    def space(self) -> SearchSpace:
+    def space(self, param_names: str = "per_optimizer") -> SearchSpace:
+        """The resolved space; :meth:`StudySpec.space` resolves ``param_names: auto`` against the sampler."""
         overrides: dict[str, dict[str, float | Range]] = {}
         for optimizer in OPTIMIZERS:
             for name, value in (getattr(self, optimizer) or {}).items():
                 overrides.setdefault(optimizer, {})[name] = (
                     Range(value.low, value.high) if isinstance(value, RangeSpec) else float(value)
                 )
-        return SearchSpace(tuple(self.optimizers), tuple(self.schedules), overrides, self.param_names == "shared")
+        names = param_names if self.param_names == "auto" else self.param_names
+        return SearchSpace(tuple(self.optimizers), tuple(self.schedules), overrides, names)
 
 
 def _check_override(optimizer: str, name: str, value: float | RangeSpec) -> list[str]:
@@ -178,12 +183,12 @@ def _check_override(optimizer: str, name: str, value: float | RangeSpec) -> list
 
 
 class SamplerSpec(_Strict):
-    name: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    name: Literal[SAMPLERS] = "prior"  # type: ignore[valid-type]
     seed: int | None = None
 
 
 class PrunerSpec(_Strict):
-    name: Literal[PRUNERS] = "hyperband"  # type: ignore[valid-type]
+    name: Literal[PRUNERS] = "halving"  # type: ignore[valid-type]
 
 
 class MlflowSpec(_Strict):
@@ -221,6 +226,29 @@ class StudySpec(_Strict):
             raise ValueError(f"train.batch_trials {self.train.batch_trials}: a training function (task.function) "
                              "trains one trial at a time; stacking needs a Task (built-in or task.entrypoint)")
         return self
+
+    @model_validator(mode="after")
+    def _prior_needs_relative_names(self) -> StudySpec:
+        if self.sampler.name == "prior" and self.search.param_names in ("per_optimizer", "shared"):
+            raise ValueError(f"search.param_names {self.search.param_names!r}: the prior sampler searches the space "
+                             "shared by every optimizer (allowed with sampler prior: auto, relative)")
+        if self.sampler.name == "grid" and self.search.portfolio == "textbook":
+            raise ValueError("search.portfolio 'textbook': the grid sampler runs its own grid "
+                             "(allowed with sampler grid: auto, none)")
+        return self
+
+    def space(self) -> SearchSpace:
+        """The search space, with ``param_names: auto`` resolved: ``relative`` for the prior sampler, else
+        ``per_optimizer``."""
+        return self.search.space("relative" if self.sampler.name == "prior" else "per_optimizer")
+
+    @property
+    def runs_portfolio(self) -> bool:
+        """Whether the study runs the textbook configurations first (``search.portfolio``; ``auto``: with the prior
+        sampler)."""
+        if self.search.portfolio == "auto":
+            return self.sampler.name == "prior"
+        return self.search.portfolio == "textbook"
 
     @field_validator("objective")
     @classmethod

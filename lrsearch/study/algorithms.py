@@ -1,19 +1,29 @@
-"""The search algorithms a study file names: Optuna's samplers and pruners, and when to ask the pruner."""
+"""The search algorithms a study file names: the default search (:mod:`lrsearch.study.prior_search`), Optuna's
+samplers and pruners, and when to ask the pruner."""
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna  # the study layer runs Optuna; the CLI imports it only inside commands, so --help stays instant
 
 from lrsearch.errors import UsageError
+from lrsearch.study.prior_search import HalvingPruner, PriorSampler
+
+if TYPE_CHECKING:
+    from lrsearch.config.search_space import SearchSpace
 
 
-def make_sampler(name: str, seed: int | None, grid: dict[str, list[Any]] | None = None) -> optuna.samplers.BaseSampler:
-    """The sampler a study file names. TPE is multivariate and grouped, so it models each optimizer's own
-    hyperparameters jointly, and uses the constant liar so parallel workers do not all sample the same point."""
+def make_sampler(name: str, seed: int | None, space: SearchSpace, grid_points: int = 5) -> optuna.samplers.BaseSampler:
+    """The sampler a study file names, for the study's resolved ``space``. TPE is multivariate and grouped, so it
+    models each optimizer's own hyperparameters jointly, and uses the constant liar so parallel workers do not all
+    sample the same point."""
+    if name == "prior":
+        from lrsearch.config.priors import RelativeSpace
+
+        return PriorSampler(RelativeSpace(space).distributions(), seed=seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
     if name == "gp":
@@ -28,7 +38,7 @@ def make_sampler(name: str, seed: int | None, grid: dict[str, list[Any]] | None 
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return BudgetedGridSampler(grid or {}, seed=seed)
+        return BudgetedGridSampler(space.grid(grid_points), seed=seed)
     raise UsageError(f"sampler {name!r} is not known")
 
 
@@ -64,6 +74,8 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 
 def _build_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "halving":
+        return HalvingPruner(epochs)
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
@@ -91,7 +103,7 @@ class PruningPoints:
     """
 
     def __init__(self, pruner: optuna.pruners.BasePruner, epochs: int) -> None:
-        self.name = _MADE.get(pruner, "unknown")
+        self.name, self.pruner = _MADE.get(pruner, "unknown"), pruner
         self.epochs = epochs
         self._last_step: dict[int, int] = {}
 
@@ -101,6 +113,8 @@ class PruningPoints:
         self._last_step[trial_number] = step
         if self.name == "none":
             return False
+        if isinstance(self.pruner, HalvingPruner):
+            return step + 1 in self.pruner.rungs
         if self.name == "median":
             return step >= median_warmup(self.epochs)
         if self.name in ("sha", "hyperband"):

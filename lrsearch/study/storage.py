@@ -146,21 +146,25 @@ def _first_line(exc: BaseException) -> str:
 
 
 def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
-    """Create the study, or load it to resume; the study file is kept in its user attrs."""
+    """Create the study, or load it to resume; the study file is kept in its user attrs, and a new study that runs
+    the textbook portfolio queues it first."""
     import optuna
 
-    space = spec.search.space()
-    grid = space.grid(spec.search.grid_points) if spec.sampler.name == "grid" else None
+    from lrsearch.study.prior_search import enqueue_portfolio
+
+    space = spec.space()
     study = optuna.create_study(
         storage=storage,
         study_name=name,
         direction=spec.objective.direction,
-        sampler=make_sampler(spec.sampler.name, spec.sampler.seed, grid),
+        sampler=make_sampler(spec.sampler.name, spec.sampler.seed, space, spec.search.grid_points),
         pruner=make_pruner(spec.pruner.name, spec.budget.epochs),
         load_if_exists=True,
     )
     if "spec" not in study.user_attrs:
         study.set_user_attr("spec", spec.model_dump(mode="json"))
+        if spec.runs_portfolio:
+            enqueue_portfolio(study, space)
     return study
 
 

@@ -37,12 +37,22 @@ class TuneObserver(Protocol):
 
 def start_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, settings: TrialSettings,
                 training: dict[str, Any], observers: list[TuneObserver]) -> dict[str, Any]:
-    """Sample the trial's configuration and record it with the training settings; returns the configuration."""
-    space = spec.search.space().with_lr_ranges(study.user_attrs.get("lr_ranges", {}))
+    """Sample the trial's configuration and record it with the training settings; returns the configuration.
+
+    A portfolio trial records its sampler parameters too, but trains its textbook configuration exactly as the
+    study can run it (no round trip through the sampler's coordinates).
+    """
+    from lrsearch.config.priors import coordinates, portfolio
+    from lrsearch.study.prior_search import PORTFOLIO_ATTR
+
+    space = spec.space().with_lr_ranges(study.user_attrs.get("lr_ranges", {}))
     if spec.sampler.name == "grid":
         config = space.suggest_grid(trial, spec.search.grid_points)
     else:
-        config = space.suggest(trial)
+        config = coordinates(space).suggest(trial)
+    label = trial.user_attrs.get(PORTFOLIO_ATTR)
+    if label is not None:
+        config = portfolio(space).get(label, config)
     trial.set_user_attr("config", config)
     trial.set_user_attr("training", {"batch_size": settings.batch_size, "epochs": settings.epochs,
                                      "world_size": training["world_size"], "seed": settings.seed,

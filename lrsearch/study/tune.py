@@ -88,11 +88,15 @@ def narrow_lr_ranges(study: optuna.Study, prepared: Prepared) -> None:
     attrs, so every rerun and every worker searches the same space."""
     if prepared.spec.search.lr_range != "auto" or "lr_ranges" in study.user_attrs or study.get_trials(deepcopy=False):
         return
+    from lrsearch.config.priors import RelativeSpace
+    from lrsearch.study.prior_search import PriorSampler
     from lrsearch.training.lr_finder import lr_find, narrowed_lr_ranges
 
     results = lr_find(prepared)
-    ranges = narrowed_lr_ranges(results, prepared.spec.search.space())
+    ranges = narrowed_lr_ranges(results, prepared.spec.space())
     study.set_user_attr("lr_ranges", {name: [low, high] for name, (low, high) in ranges.items()})
+    if isinstance(study.sampler, PriorSampler):  # it samples the relative space, whose lr scale moved with them
+        study.sampler.distributions = RelativeSpace(prepared.spec.space().with_lr_ranges(ranges)).distributions()
     study.set_user_attr("lr_suggestions", {name: result.suggested_lr for name, result in results.items()})
 
 

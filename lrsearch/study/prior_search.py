@@ -1,0 +1,163 @@
+"""The default search (``sampler: prior``, ``pruner: halving``): start from what the literature knows, then search
+around the best trials so far, and stop slow trials only where their partial runs say something.
+
+- **The portfolio** (:func:`enqueue_portfolio`): the study's textbook configurations
+  (:func:`lrsearch.config.priors.portfolio`) run first, in full, never pruned. In a deterministic search they make
+  the best of the first trials at least as good as the best textbook run.
+- :class:`PriorSampler` samples the relative space (:class:`lrsearch.config.priors.RelativeSpace`): each trial is
+  drawn from a prior centred on the textbook values, uniformly from the whole space, or as a mutation of one of the
+  best finished trials (lr moved by half a decade at a time, optimizer or schedule switched now and then), in the
+  spirit of PriorBand's prior / uniform / incumbent mix (Mallik et al. 2023) and piBO's prior (Hvarfner et al.
+  2022). The uniform share keeps the search from being held to a prior that is wrong for the task.
+- :class:`HalvingPruner` is one bracket of successive halving (ASHA; Li et al. 2018) with real minimum resources:
+  at 1/4 and 1/2 of the epochs a trial goes on only if it is in the best third of the trials that reached that
+  point. While the study has spent more than half of its trials' full epochs, only the best trial at a rung goes
+  on, so the search costs about half the epochs of full trials whatever the sampler proposes.
+
+All constants are round numbers fixed before measuring; ``bench/search/`` measures the whole against random
+search, Optuna out of the box and the textbook defaults on tasks of several kinds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from lrsearch.config.priors import coordinates, portfolio
+
+if TYPE_CHECKING:
+    from lrsearch.config.search_space import SearchSpace
+
+PORTFOLIO_ATTR = "portfolio"
+"""User attribute of a portfolio trial: the label of its textbook configuration (``adam``, ``momentum-cosine``)."""
+
+
+def enqueue_portfolio(study: optuna.Study, space: SearchSpace) -> None:
+    """Queue the study's textbook configurations as its first trials; run again, it queues nothing new."""
+    for label, config in portfolio(space).items():
+        study.enqueue_trial(coordinates(space).encode(config), user_attrs={PORTFOLIO_ATTR: label},
+                            skip_if_exists=True)
+
+
+def is_portfolio(trial: FrozenTrial) -> bool:
+    return PORTFOLIO_ATTR in trial.user_attrs
+
+
+class PriorSampler(optuna.samplers.BaseSampler):
+    """Prior, uniform or a mutation of one of the best trials, over the relative space (see the module docstring).
+
+    Args:
+        distributions: :meth:`RelativeSpace.distributions` of the study's space.
+        seed: For reproducible studies.
+    """
+
+    P_PRIOR, P_UNIFORM = 0.2, 0.2
+    """How often a trial comes from the prior and from the uniform distribution; the rest mutate a good trial."""
+    ELITE = 0.25
+    """A parent is drawn from the best quarter of the finished trials (at least the best one)."""
+    P_SWITCH = 0.25
+    """How often a mutation switches the optimizer, and the schedule."""
+    PRIOR = {"lr_scale": (0.0, 1.0), "one_minus_momentum": (-1.0, 0.5), "one_minus_beta2": (-3.0, 0.5),
+             "eps": (-8.0, 1.0), "wd_scale": (0.0, 1.0)}
+    """Centre and spread of each continuous parameter's prior, in decades (log10) where it is log-scaled: the
+    textbook lr, momentum and beta1 0.9, beta2 0.999, eps 1e-8, the centre of the decay range."""
+    STEP = {"lr_scale": 0.5, "one_minus_momentum": 0.3, "one_minus_beta2": 0.3, "eps": 0.5, "wd_scale": 0.5}
+    """Spread of a mutation, in the same units; lr always moves, the others half the time."""
+
+    def __init__(self, distributions: dict[str, Any], seed: int | None = None) -> None:
+        self.distributions = distributions
+        self.rng = np.random.default_rng(seed)
+
+    def reseed_rng(self) -> None:
+        self.rng = np.random.default_rng()
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return dict(self.distributions)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.value is not None and math.isfinite(t.value)]
+        draw = self.rng.random()
+        if not finished or draw < self.P_PRIOR:
+            return self._prior()
+        if draw < self.P_PRIOR + self.P_UNIFORM:
+            return self._uniform()
+        finished.sort(key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+        elite = finished[: max(1, math.ceil(self.ELITE * len(finished)))]
+        parent = elite[self.rng.integers(len(elite))]
+        return self._mutate({name: parent.params.get(name) for name in self.distributions})
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str,
+                           distribution: optuna.distributions.BaseDistribution) -> Any:
+        # Only parameters outside the relative space get here (warmup_cosine's warmup fraction): uniform.
+        return self._draw(distribution, None)
+
+    def _prior(self) -> dict[str, Any]:
+        return {name: self._draw(dist, self.PRIOR.get(name)) for name, dist in self.distributions.items()}
+
+    def _uniform(self) -> dict[str, Any]:
+        return {name: self._draw(dist, None) for name, dist in self.distributions.items()}
+
+    def _mutate(self, parent: dict[str, Any]) -> dict[str, Any]:
+        child = dict(parent)
+        for name, dist in self.distributions.items():
+            if child[name] is None:
+                child[name] = self._draw(dist, self.PRIOR.get(name))
+            elif isinstance(dist, CategoricalDistribution):
+                if len(dist.choices) > 1 and self.rng.random() < self.P_SWITCH:
+                    others = [c for c in dist.choices if c != child[name]]
+                    child[name] = others[self.rng.integers(len(others))]
+            elif name == "lr_scale" or self.rng.random() < 0.5:
+                centre = math.log10(child[name]) if dist.log else child[name]
+                child[name] = self._draw(dist, (centre, self.STEP[name]))
+        return child
+
+    def _draw(self, dist: Any, normal: tuple[float, float] | None) -> Any:
+        """A value of ``dist``: uniform (on the log scale where it is logged), or normal around ``normal`` =
+        (centre, spread) on that scale, clipped to the range."""
+        if isinstance(dist, CategoricalDistribution):
+            return dist.choices[self.rng.integers(len(dist.choices))]
+        assert isinstance(dist, FloatDistribution)
+        low, high = (math.log10(dist.low), math.log10(dist.high)) if dist.log else (dist.low, dist.high)
+        x = self.rng.uniform(low, high) if normal is None else self.rng.normal(*normal)
+        x = min(max(x, low), high)
+        return float(10.0 ** x) if dist.log else float(x)
+
+
+class HalvingPruner(optuna.pruners.BasePruner):
+    """One bracket of successive halving with an epoch budget (see the module docstring).
+
+    Args:
+        epochs: The trials' full epochs; the rungs are after ``epochs / 4`` and ``epochs / 2`` (at least 1 and 2).
+        keep: The share of the trials at a rung that goes on (at least the best one).
+        epoch_budget: The share of the trials' full epochs the study aims to spend.
+    """
+
+    def __init__(self, epochs: int, keep: float = 1 / 3, epoch_budget: float = 0.5) -> None:
+        quarter = max(1, round(epochs / 4))
+        self.rungs = sorted({quarter, 2 * quarter} & set(range(1, epochs)))
+        """Epochs after which a trial is judged (1-based; epoch k is reported as step k - 1)."""
+        self.epochs, self.keep, self.epoch_budget = epochs, keep, epoch_budget
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step + 1 not in self.rungs or is_portfolio(trial):
+            return False
+        value = trial.intermediate_values[step]
+        if math.isnan(value):
+            return True
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        others = [t.intermediate_values[step] for t in trials
+                  if t.number != trial.number and step in t.intermediate_values]
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        ranked = sorted([value, *(v for v in others if not math.isnan(v))], reverse=maximize)
+        spent = sum(len(t.intermediate_values) for t in trials)
+        over_budget = spent > self.epoch_budget * self.epochs * len(trials)
+        kept = 1 if over_budget else max(1, int(len(ranked) * self.keep))
+        cutoff = ranked[kept - 1]
+        return value < cutoff if maximize else value > cutoff
