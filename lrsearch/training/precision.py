@@ -48,7 +48,9 @@ class MixedPrecision:
         >>> with amp.autocast():
         ...     loss = loss_fn(model(x), y)
         >>> amp.backward(loss)
-        >>> stepped = amp.step(optimizer)     # False: fp16 skipped this step (its gradients overflowed)
+        >>> amp.step(optimizer)
+        >>> amp.skipped_steps()  # fp16: steps the scaler skipped because their gradients overflowed
+        0
     """
 
     def __init__(self, precision: str, device: torch.device, optimizer: torch.optim.Optimizer) -> None:
@@ -57,9 +59,10 @@ class MixedPrecision:
         self.precision, self.device = precision, device
         self.scaler = torch.amp.GradScaler(device.type, init_scale=FP16_INITIAL_SCALE) if precision == "fp16" \
             else None
-        self._steps = 0
+        self._calls = self._stepped = 0
+        self._found_inf: torch.Tensor | float = 0.0
         if self.scaler is not None:
-            optimizer.register_step_post_hook(self._count)  # the scaler calls step() only when it does not skip
+            optimizer.register_step_post_hook(self._count)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.precision, self.device)
@@ -67,15 +70,23 @@ class MixedPrecision:
     def backward(self, loss: torch.Tensor) -> None:
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer) -> bool:
-        """The optimizer step; False when fp16's scaler skipped it (overflowed gradients)."""
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is None:
             optimizer.step()
-            return True
-        before = self._steps
+            return
+        self._calls += 1
         self.scaler.step(optimizer)
         self.scaler.update()
-        return self._steps > before
+
+    def skipped_steps(self) -> int:
+        """Steps fp16's scaler skipped so far (one host sync: call it when the trial ends)."""
+        found = self._found_inf.item() if hasattr(self._found_inf, "item") else self._found_inf
+        return self._calls - self._stepped + round(found)
 
     def _count(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._steps += 1
+        # The scaler calls step() only for a clean step, except for optimizers that take its found_inf flag and skip
+        # inside their fused kernel: those report it here, added up on the device so that no step waits for it.
+        self._stepped += 1
+        found = getattr(optimizer, "found_inf", None)
+        if found is not None:
+            self._found_inf = self._found_inf + found

@@ -65,6 +65,12 @@ def train_trial(
     first_loss: float | None = None
     step = 0
 
+    def finish(stopped: str | None = None, epoch: int = 0) -> TrialOutcome:
+        outcome.skipped_steps = amp.skipped_steps()
+        if stopped is not None:
+            outcome.stop(stopped, epoch)
+        return outcome
+
     for epoch in range(settings.epochs):
         started = time.perf_counter()
         model.train()
@@ -76,16 +82,14 @@ def train_trial(
             optimizer.zero_grad(set_to_none=True)
             # Scaled so DDP's gradient average equals the gradient of the global batch's mean loss.
             amp.backward(loss if weight == 1.0 else loss * weight)
-            if not amp.step(optimizer):
-                outcome.skipped_steps += 1  # fp16 overflow: the scaler skipped the update, nothing diverged
+            amp.step(optimizer)  # fp16: a step whose gradients overflow is skipped, which is not divergence
             if scheduler is not None:
                 scheduler.step()
             loss_sum += loss.detach() * len(inputs)
             if first_loss is None:
                 first_loss = collective.sum(loss.detach() * weight).item() / collective.world_size
             elif check_due(step) and collective.any(diverging(loss.item(), first_loss)):
-                outcome.stop("diverged", epoch)
-                return outcome
+                return finish("diverged", epoch)
             step += 1
         train_seconds = time.perf_counter() - started
         metrics = {"train_loss": collective.sum(loss_sum).item() / n_train,
@@ -99,13 +103,11 @@ def train_trial(
         )
         outcome.history.append(epoch_metrics)
         if epoch_diverged(metrics, first_loss):
-            outcome.stop("diverged", epoch)
-            return outcome
+            return finish("diverged", epoch)
         stop = on_epoch(epoch_metrics) if on_epoch is not None and collective.rank == 0 else False
         if collective.decide(stop):  # rank 0 decides; every rank stops at the same epoch
-            outcome.stop("pruned", epoch)
-            return outcome
-    return outcome
+            return finish("pruned", epoch)
+    return finish()
 
 
 def validation_names(task: Task) -> list[str]:
