@@ -157,9 +157,9 @@ def time_training_steps(task: Task, data: TaskData, batch_size: int, steps: int 
 
 
 def time_steps(step: Callable[[Tensor, Tensor], None], data: TaskData, batch_size: int, steps: int) -> float:
-    """Seconds for ``steps`` calls of ``step(inputs, targets)`` on training batches read beforehand, after one
-    warm-up call."""
-    batches = list(itertools.islice(data.cycled_batches(batch_size, 0), steps + 1))
+    """Seconds for ``steps`` calls of ``step(inputs, targets)`` on training batches read beforehand (two, taken in
+    turn: a step costs the same on any batch, and a streamed batch is memory held), after one warm-up call."""
+    batches = list(itertools.islice(data.cycled_batches(batch_size, 0), 2))
     step(*batches[0])
     started = time.perf_counter()
     for index in range(1, steps + 1):

@@ -204,20 +204,24 @@ class SeededItems:
 
 class EpochBatches:
     """A batch sampler: this rank's share of each global batch of an epoch as :class:`SeededItems` keys, with the
-    DDP weight of each (set for an epoch by :meth:`set_epoch`, read by the loader in this process)."""
+    DDP weight of each (set for an epoch by :meth:`set_epoch`, read by the loader in this process). The epoch's
+    order is kept as tensors; a batch's keys are made as the loader asks for it."""
 
     def __init__(self, n: int, batch_size: int, rank: int, world_size: int) -> None:
         self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
-        self.batches: list[list[tuple[int, int, int]]] = []
+        self.seed = self.epoch = 0
+        self.batches: list[Tensor] = []
         self.weights: list[float] = []
 
     def set_epoch(self, seed: int, epoch: int) -> None:
         plan = list(global_batches(self.n, self.batch_size, seed, epoch, self.rank, self.world_size, "cpu"))
-        self.batches = [[(seed, epoch, i) for i in indices.tolist()] for indices, _ in plan]
+        self.seed, self.epoch = seed, epoch
+        self.batches = [indices for indices, _ in plan]
         self.weights = [weight for _, weight in plan]
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        return iter(self.batches)
+        for indices in self.batches:
+            yield [(self.seed, self.epoch, index) for index in indices.tolist()]
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -279,7 +283,8 @@ class StreamedData:
                 owner.set_epoch(epoch)  # DistributedSampler's and many streams' convention
         for step, batch in enumerate(self._read(reader, epoch_seed(seed, epoch))):
             x, y = _pair(batch, "train", self.label)
-            if reader.sharded:  # a sampler of the user's own shards as DistributedSampler does: equal shares
+            if reader.sharded:  # the sampler gave this rank's share: lrsearch's knows its weight; one of the
+                # user's own shards as DistributedSampler does, into equal shares
                 yield self._to_device(x, reader), self._to_device(y, reader), \
                     reader.plan.weights[step] if reader.plan is not None else 1.0
                 continue
@@ -319,7 +324,7 @@ class StreamedData:
 
         dataset = self.train_set if split == "train" else self.val_set
         iterable = isinstance(dataset, IterableDataset)
-        options = self._loader_options(iterable)
+        options = self.loader_options(iterable)
         options["generator"] = generator = torch.Generator()
         if iterable:
             loader = self.factory(dataset, batch_size=batch_size, **options)
@@ -333,7 +338,7 @@ class StreamedData:
         plan = sampler if split == "train" and getattr(loader, "batch_sampler", None) is sampler else None
         return _Reader(loader, generator, getattr(loader, "num_workers", options["num_workers"]) == 0, True, plan)
 
-    def _loader_options(self, iterable: bool) -> dict[str, Any]:
+    def loader_options(self, iterable: bool) -> dict[str, Any]:
         """torch DataLoader options from ``train.loader``, ``auto`` resolved (see the README's table)."""
         options = self.options
         if options.num_workers != "auto":
