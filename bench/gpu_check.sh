@@ -36,7 +36,7 @@ part() {
     local took
     took=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$started" "$(date +%s.%N)")
     echo "$status $name (${took} s)"
-    summary+=("$status  ${took} s  $name  $(grep -h '^RESULT' "$work/$fn.log" | sed 's/^RESULT //' | tr '\n' ' ')")
+    summary+=("$status  ${took} s  $name  $(grep -h '^RESULT' "$work/$fn.log" | sed 's/^RESULT //' | tr '\n' ' ' || true)")
 }
 
 optimizer_step() {
@@ -84,15 +84,14 @@ from lrsearch.training.data import TrainData
 from lrsearch.training.runner import train_trial
 from lrsearch.training.trial import TrialSettings
 
-g = torch.Generator().manual_seed(0)
-x = torch.randn(65536, 1024, generator=g)
-y = (x[:, :16] @ torch.randn(16, 10, generator=g)).argmax(1)
+x = torch.randn(65536, 1024, generator=torch.Generator().manual_seed(0))
+y = x[:, :10].argmax(1)  # which of the first 10 features is largest: learnt within an epoch
 model = lambda: torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.GELU(), torch.nn.Linear(4096, 4096),
                                     torch.nn.GELU(), torch.nn.Linear(4096, 10))
 task = lrsearch.Task(model, TensorDataset(x[:57344], y[:57344]), TensorDataset(x[57344:], y[57344:]),
                      torch.nn.functional.cross_entropy)
 data = TrainData.from_task(task, "cuda")
-config = {"optimizer": "adamw", "params": {"lr": 3e-4}, "schedule": {"name": "cosine"}}
+config = {"optimizer": "adamw", "params": {"lr": 1e-3}, "schedule": {"name": "cosine"}}
 seconds, outcomes = {}, {}
 for _ in range(2):  # interleaved; the first round also warms up kernels
     for precision in ("fp32", "bf16", "fp16"):
@@ -105,8 +104,8 @@ for p, o in outcomes.items():
           "skipped by the loss scaler")
 print(f"RESULT trial time fp32/bf16 {seconds['fp32'] / seconds['bf16']:.2f}x, fp32/fp16 "
       f"{seconds['fp32'] / seconds['fp16']:.2f}x")
-close = all(abs(losses[p] - losses["fp32"]) < 0.1 * abs(losses["fp32"]) + 0.02 for p in ("bf16", "fp16"))
-raise SystemExit(0 if close and losses["fp32"] < 2.2 else 1)
+close = all(abs(losses[p] - losses["fp32"]) < 0.1 * losses["fp32"] + 0.05 for p in ("bf16", "fp16"))
+raise SystemExit(0 if close and losses["fp32"] < 1.5 else 1)  # chance is ln 10 = 2.3
 PY
 }
 

@@ -117,7 +117,8 @@ def make(directory: str, count: int | None = None, in_memory: bool | None = None
     small CNN over 64x64 RGB images in 10 classes."""
     import lrsearch
 
-    total = count or (Path(directory) / "images.u8").stat().st_size // ITEM_BYTES
+    stored = (Path(directory) / "images.u8").stat().st_size // ITEM_BYTES
+    total = min(count or stored, stored)
     val = min(VAL_ITEMS, total // 4)
 
     def model() -> torch.nn.Module:
