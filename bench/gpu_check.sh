@@ -140,7 +140,7 @@ ok = len(trials) == 2 and all(t.state.name == "COMPLETE" and t.user_attrs["train
 print(f"  study: {time.perf_counter() - started:.0f} s")
 speed = streaming.speed_rounds(directory, rounds=2, epochs=1)
 print(f"RESULT streamed study {'ok' if ok else 'FAILED'}; streamed/tensor samples/s {speed['ratio']:.2f}x "
-      f"({speed['streamed']['loader_workers']} loader workers)")
+      f"({speed['loader_workers']} loader workers)")
 raise SystemExit(0 if ok else 1)
 PY
 }

@@ -261,14 +261,33 @@ def speed_rounds(directory: Path, rounds: int, epochs: int) -> dict[str, Any]:
     for _ in range(rounds):
         for path in paths.values():
             torch.set_num_threads(path["threads"])
+            cpu = _cpu_seconds()
             outcome = train_trial(path["prepared"].task, path["prepared"].data, CONFIG, settings)
             path["rates"].append(statistics.mean(e.samples_per_second for e in outcome.history))
+            used = [after - before for after, before in zip(_cpu_seconds(), cpu, strict=True)]
+            path.setdefault("cpu", []).append([seconds * 1e6 / (epochs * SPEED_ITEMS) for seconds in used])
         ratios.append(paths["streamed"]["rates"][-1] / paths["tensors"]["rates"][-1])
     data = paths["streamed"]["prepared"].data
     return {"ratios": ratios, "ratio": statistics.median(ratios),
-            "tensors": {"samples_per_second": paths["tensors"]["rates"], "threads": paths["tensors"]["threads"]},
-            "streamed": {"samples_per_second": paths["streamed"]["rates"], "threads": paths["streamed"]["threads"],
-                         "loader_workers": data.loader_options(iterable=False)["num_workers"]}}
+            **{name: {"samples_per_second": path["rates"], "threads": path["threads"],
+                      "cpu_us_per_image": [statistics.median(column) for column in zip(*path["cpu"], strict=True)]}
+               for name, path in paths.items()},
+            "loader_workers": data.loader_options(iterable=False)["num_workers"]}
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by this process and by its living children (the loader workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children = sum(_stat_cpu(pid) for pid in _descendants(os.getpid()) if pid != os.getpid()) / ticks
+    return time.process_time(), children
+
+
+def _stat_cpu(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
 
 
 def main() -> int:
@@ -309,7 +328,10 @@ def main() -> int:
     ]
     notes = [f"speed: {args.rounds} interleaved rounds of {args.epochs} epochs on {SPEED_ITEMS:,} images; ratios "
              f"{', '.join(f'{r:.2f}' for r in speed['ratios'])}; torch threads tensors {speed['tensors']['threads']}, "
-             f"streamed {speed['streamed']['threads']} + {speed['streamed']['loader_workers']} loader worker(s)",
+             f"streamed {speed['streamed']['threads']} + {speed['loader_workers']} loader worker(s)",
+             f"CPU per image (us, median): tensors {speed['tensors']['cpu_us_per_image'][0]:.0f}; streamed "
+             f"{speed['streamed']['cpu_us_per_image'][0]:.0f} training + {speed['streamed']['cpu_us_per_image'][1]:.0f}"
+             " in loader workers (seconds of CPU per image trained, whatever the load)",
              f"memory: {memory['processes']} processes sampled every 0.2 s; trial peak_memory_mb "
              f"{memory['peak_memory_mb']}"]
     headline = (f"streaming: peak PSS {memory['peak_tree_pss'] / size:.3f}x of a {size / 2**30:.2f} GiB dataset "
