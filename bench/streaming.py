@@ -14,8 +14,8 @@
    threads and loader workers lrsearch picks for it. Target: streamed at least 0.8x the tensor path (median of the
    rounds' ratios). The CPU each path spends per image is reported too, and what it allows.
 
-The model is a small CNN (two convolutions, about 0.9 ms per image to train on this project's 2-core build
-machine); the loader's own work per image is fixed (about 70 us there), so heavier models stream relatively cheaper.
+The model is a small CNN (two convolutions, about 0.5 ms of CPU per image to train on this project's 2-core build
+machine); the loader's own work per image is fixed (60-70 us there), so heavier models stream relatively cheaper.
 The temporary directory is removed at the end, on failure and on Ctrl-C too.
 
     python bench/streaming.py [--gib 4.0] [--rounds 3] [--epochs 2] [--tmp DIR]
