@@ -43,7 +43,9 @@ def test_json_and_yaml_have_the_documented_shape(study) -> None:
     best = s.best_trial
     assert as_json["source"]["trial"] == best.number and as_json["objective"]["value"] == best.value
     assert {k: v for k, v in as_json["training"].items() if k != "threads"} == {
-        "batch_size": 64, "epochs": 2, "world_size": 1, "seed": 0, "device": "cpu"}
+        "batch_size": 64, "epochs": 2, "world_size": 1, "seed": 0, "device": "cpu", "precision": "fp32",
+        "data": "tensors"}
+    assert as_json["precision"] == "fp32"
     kwargs = as_json["kwargs"]
     params = best.user_attrs["config"]["params"]
     if as_json["optimizer"] == "adamw":

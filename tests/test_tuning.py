@@ -27,7 +27,8 @@ def test_a_study_runs_its_budget_and_records_every_trial(storage: str) -> None:
         assert sorted(trial.intermediate_values) == [0, 1]
         training = attrs["training"]
         assert training.pop("threads") in (1, os.cpu_count())  # whichever trained this model faster here
-        assert training == {"batch_size": 64, "epochs": 2, "world_size": 1, "seed": 0, "device": "cpu"}
+        assert training == {"batch_size": 64, "epochs": 2, "world_size": 1, "seed": 0, "device": "cpu",
+                            "precision": "fp32", "data": "tensors"}
 
 
 def test_a_huge_lr_is_pruned_as_diverged_and_the_study_goes_on(storage: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,3 +98,41 @@ def test_workers_with_ranks_per_trial_are_checked_before_any_starts(tmp_path) ->
     assert result.stderr.count("\n") == 1
     assert "batch_size 65 is not divisible by nproc_per_trial 2" in result.stderr
     assert not (tmp_path / "lrsearch.db").exists()  # refused before the study was created
+
+
+GPU_PROBE = '''
+import json, os
+from lrsearch.training.tasks import digits_mlp
+
+def make():
+    """digits, after noting which process loads it and which GPUs that process was given."""
+    with open(os.environ["GPU_PROBE_LOG"], "a") as log:
+        log.write(json.dumps({"pid": os.getpid(), "parent": os.getppid(),
+                              "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
+    return digits_mlp()
+'''
+
+
+def test_workers_auto_gives_each_worker_its_own_gpus(tmp_path) -> None:
+    """With 4 GPUs (faked: this machine has none, so the workers then train on the CPU), --workers auto with 2 ranks
+    per trial starts 2 workers that see GPUs 0,1 and 2,3; each worker's DDP follower sees its worker's GPUs."""
+    (tmp_path / "gpu_probe.py").write_text(GPU_PROBE)
+    path = write_study(tmp_path, tiny_study(task={"entrypoint": "gpu_probe:make"}, train={"device": "auto"},
+                                            budget={"n_trials": 4, "epochs": 1}))
+    storage = f"sqlite:///{tmp_path / 'lrsearch.db'}"
+    log = tmp_path / "probe.jsonl"
+    env = {**os.environ, "LRSEARCH_FAKE_GPUS": "4", "GPU_PROBE_LOG": str(log)}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    tune = subprocess.Popen([sys.executable, "-m", "lrsearch", "tune", str(path), "--workers", "auto",
+                             "--nproc-per-trial", "2", "--storage", storage, "--no-mlflow", "--no-progress"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = tune.communicate(timeout=600)
+    assert tune.returncode == 0, err
+    loads = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["gpus"] for line in loads if line["pid"] == tune.pid] == [None]  # the parent only checks the task
+    workers = {line["pid"]: line["gpus"] for line in loads if line["parent"] == tune.pid}
+    assert sorted(workers.values()) == ["0,1", "2,3"]
+    followers = [line for line in loads if line["parent"] in workers]
+    assert followers and all(line["gpus"] == workers[line["parent"]] for line in followers)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    _check_counts(study, 4)

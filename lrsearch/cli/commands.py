@@ -95,32 +95,37 @@ format_option = click.option("--format", "fmt", default="table", metavar="table|
 @click.option("--experiment", metavar="NAME", help="MLflow experiment (default: the study file's mlflow.experiment, "
               "else the study name).")
 @click.option("--no-mlflow", is_flag=True, help="Do not record the study in MLflow.")
-@click.option("--workers", type=int, default=1, show_default=True,
-              help="Processes on this machine sharing the study, each with cores/N torch threads.")
+@click.option("--workers", metavar="N|auto", default="1", show_default=True,
+              help="Processes on this machine sharing the study, each with cores/N torch threads; on CUDA each "
+              "sees only its own GPUs (auto: one worker per visible GPU, 1 on the CPU).")
 @click.option("--worker-of", type=int, default=None, hidden=True)
 def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: float | None, storage: str | None,
          study_name: str | None, sampler: str | None, pruner: str | None, seed: int | None, device: str | None,
          nproc_per_trial: str | None, batch_trials: int | None, lr_range: str | None, no_progress: bool,
-         tracking_uri: str | None, experiment: str | None, no_mlflow: bool, workers: int,
+         tracking_uri: str | None, experiment: str | None, no_mlflow: bool, workers: str,
          worker_of: int | None) -> None:
     """Run a study to its budget; rerun the same command to resume it."""
     from rich.console import Console
 
     from lrsearch.config.overrides import Overrides
-    from lrsearch.errors import UsageError
+    from lrsearch.training.devices import parse_workers
 
     _stop_on_first_signal()
-    if workers < 1:
-        raise UsageError(f"--workers must be a positive integer (got {workers})")
+    count = parse_workers(workers)
     overrides = Overrides(n_trials=n_trials, epochs=epochs, timeout=timeout, sampler=sampler, pruner=pruner,
                           seed=seed, device=device, nproc_per_trial=nproc_per_trial, lr_range=lr_range,
                           batch_trials=batch_trials)
+    gpus: list[list[str]] = [[]]
+    if count != 1:
+        from lrsearch.study.workers import worker_gpus
+
+        gpus = worker_gpus(study_file, overrides, count)  # refused here, before anything is created
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports and tracks
     # A worker records its trials; the process that started the workers owns the study's parent run.
     tracker = None if no_mlflow or not rank0 else _tracker(tracking_uri, experiment, storage, worker_of is None)
     progress = not no_progress and rank0
-    if workers > 1:
-        study, ran = _tune_with_workers(study_file, overrides, workers, storage, study_name, tracker, progress)
+    if len(gpus) > 1:
+        study, ran = _tune_with_workers(study_file, overrides, gpus, storage, study_name, tracker, progress)
     else:
         from lrsearch.cli.report import ProgressDisplay
         from lrsearch.study.tune import run_tune
@@ -144,8 +149,8 @@ def _tracker(uri: str | None, experiment: str | None, storage: str | None, owns_
     return MlflowTracker(uri, experiment, storage_url(storage), owns_parent=owns_parent)
 
 
-def _tune_with_workers(study_file: str, overrides: Any, workers: int, storage: str | None, study_name: str | None,
-                       tracker: Any, progress: bool) -> tuple[Any, bool]:
+def _tune_with_workers(study_file: str, overrides: Any, gpus: list[list[str]], storage: str | None,
+                       study_name: str | None, tracker: Any, progress: bool) -> tuple[Any, bool]:
     from rich.console import Console
 
     from lrsearch.cli.report import WorkersProgress
@@ -154,7 +159,7 @@ def _tune_with_workers(study_file: str, overrides: Any, workers: int, storage: s
     args = passthrough_args(click.get_current_context().params)
     display = WorkersProgress(Console(stderr=True)) if progress else None
     try:
-        return tune_with_workers(study_file, overrides, args, workers=workers, storage=storage,
+        return tune_with_workers(study_file, overrides, args, gpus=gpus, storage=storage,
                                  study_name=study_name, tracker=tracker, on_poll=display)
     finally:
         if display is not None:

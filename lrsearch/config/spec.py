@@ -26,6 +26,7 @@ from lrsearch.errors import SpecError
 SAMPLERS = ("prior", "tpe", "gp", "cmaes", "nsga2", "qmc", "random", "grid")
 PRUNERS = ("halving", "none", "median", "sha", "hyperband", "wilcoxon")
 BUILTIN_TASKS = ("digits-mlp", "quadratic")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class _Strict(BaseModel):
@@ -75,6 +76,30 @@ class Budget(_Strict):
     timeout: float | None = Field(None, gt=0)
 
 
+class Loader(_Strict):
+    """``train.loader:``: how a streamed dataset is read (torch's DataLoader options); ``auto`` lets lrsearch choose
+    (see :mod:`lrsearch.training.streaming`)."""
+
+    num_workers: int | Literal["auto"] = "auto"
+    pin_memory: bool | Literal["auto"] = "auto"
+    persistent_workers: bool | Literal["auto"] = "auto"
+    prefetch_factor: int = Field(2, gt=0)
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"must be 0 (read in the training process), a positive integer or 'auto' (got {value})")
+        return value
+
+    @field_validator("pin_memory", "persistent_workers", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError(f"must be true, false or 'auto' (got {value!r})")
+
+
 class Train(_Strict):
     batch_size: int = Field(64, gt=0)
     device: str = "auto"
@@ -84,6 +109,9 @@ class Train(_Strict):
     threads: int | None = Field(None, gt=0)
     batch_trials: int = Field(1, gt=0)
     """Trials trained together as one stacked model (``torch.func.vmap``); 1 trains them one at a time."""
+    precision: Literal[PRECISIONS] = "fp32"  # type: ignore[valid-type]
+    """``bf16`` or ``fp16``: forward and loss under ``torch.autocast`` (fp16 with gradient scaling)."""
+    loader: Loader = Field(default_factory=Loader)
 
     @field_validator("device")
     @classmethod
@@ -104,6 +132,9 @@ class Train(_Strict):
         if self.batch_trials > 1 and isinstance(self.nproc_per_trial, int) and self.nproc_per_trial > 1:
             raise ValueError(f"batch_trials {self.batch_trials} trains its trials stacked in one process; it cannot "
                              f"be combined with nproc_per_trial {self.nproc_per_trial}")
+        if self.batch_trials > 1 and self.precision != "fp32":
+            raise ValueError(f"batch_trials {self.batch_trials} trains its stacked trials in fp32; it cannot be "
+                             f"combined with precision {self.precision} (allowed with batch_trials: fp32)")
         return self
 
 

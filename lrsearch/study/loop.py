@@ -17,6 +17,7 @@ from lrsearch.study.algorithms import PruningPoints
 from lrsearch.study.budget import ask_within_budget, fail_stale_trials, open_slots
 from lrsearch.study.heartbeat import heartbeats
 from lrsearch.study.trials import EpochReporter, finish_trial, start_trial
+from lrsearch.training.memory import PeakMemory, is_out_of_memory, release_memory
 from lrsearch.training.trial import SINGLE_PROCESS, TrialSettings
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
     from lrsearch.training.trial import Collective, EpochMetrics, TrialOutcome
 
 MAX_CONSECUTIVE_FAILURES = 3
-"""A failing trial is a result, but this many failed steps in a row means the task itself is broken: stop."""
+"""A failing trial is a result, but this many failed steps in a row means the task itself is broken (or, when
+each ran out of memory, its batch too large for the device): stop."""
 
 
 class TrialTrainer:
@@ -36,7 +38,8 @@ class TrialTrainer:
     def __init__(self, prepared: Prepared, collective: Collective = SINGLE_PROCESS) -> None:
         spec = prepared.spec
         self.prepared, self.collective = prepared, collective
-        self.settings = TrialSettings(spec.budget.epochs, spec.train.batch_size, spec.train.seed)
+        self.settings = TrialSettings(spec.budget.epochs, spec.train.batch_size, spec.train.seed,
+                                      precision=spec.train.precision)
         self.batch = spec.train.batch_trials
         """How many trials one step trains."""
 
@@ -80,11 +83,12 @@ def run_study(study: optuna.Study, storage: Any, prepared: Prepared, observers: 
 
     Raises:
         TaskError: the task cannot be trained at all (every trial would fail alike).
-        TrialRuntimeError: ``MAX_CONSECUTIVE_FAILURES`` steps in a row failed, or the ranks broke (torchrun).
+        TrialRuntimeError: ``MAX_CONSECUTIVE_FAILURES`` steps in a row failed (each out of memory, or not), or the
+            ranks broke (torchrun).
     """
     trainer = TrialTrainer(prepared, collective)
     points = PruningPoints(study.pruner, prepared.spec.budget.epochs)
-    failures = 0
+    failures = out_of_memory = 0
     for free in open_slots(study, prepared.spec.budget):
         fail_stale_trials(study)  # a dead process's trials are failed and queued for retry: they come first
         trials = ask_within_budget(study, min(trainer.batch, free), prepared.spec.budget.n_trials)
@@ -92,13 +96,19 @@ def run_study(study: optuna.Study, storage: Any, prepared: Prepared, observers: 
             continue
         error = _train_and_tell(study, storage, trainer, trials, list(observers), points)
         if error is None:
-            failures = 0
+            failures = out_of_memory = 0
             continue
         failures += 1
+        out_of_memory += is_out_of_memory(error)
         if failures >= MAX_CONSECUTIVE_FAILURES or trainer.broken:
             numbers = ", ".join(str(t.number) for t in trials)
-            raise TrialRuntimeError(f"{failures} {'trials' if trainer.batch == 1 else 'batches of trials'} in a row "
-                                    f"failed; last, trial {numbers}: {type(error).__name__}: {error}")
+            what = "trials" if trainer.batch == 1 else "batches of trials"
+            if out_of_memory == failures:
+                raise TrialRuntimeError(f"{failures} {what} in a row ran out of memory on {prepared.device} (last, "
+                                        f"trial {numbers}); try a smaller train.batch_size than "
+                                        f"{prepared.spec.train.batch_size}")
+            raise TrialRuntimeError(f"{failures} {what} in a row failed; last, trial {numbers}: "
+                                    f"{type(error).__name__}: {error}")
 
 
 def _train_and_tell(study: optuna.Study, storage: Any, trainer: TrialTrainer, trials: list[optuna.Trial],
@@ -108,26 +118,32 @@ def _train_and_tell(study: optuna.Study, storage: Any, trainer: TrialTrainer, tr
     training = _training_record(trainer, trials)
     configs = [start_trial(study, trial, spec, trainer.settings, training, observers) for trial in trials]
     hooks = [EpochReporter(trial, spec.objective, observers, points) for trial in trials]
+    memory = PeakMemory(trainer.prepared.device)  # K stacked trials share one peak: they train as one model
     try:
-        with heartbeats(storage, study, trials):
+        with heartbeats(storage, study, trials), memory:
             outcomes = trainer.train([t.number for t in trials], configs, hooks)
     except BaseException as exc:
+        if is_out_of_memory(exc):
+            release_memory(exc, trainer.prepared.device)  # before the next trial asks for it again
         for trial in trials:
-            finish_trial(study, trial, spec.objective, observers, error=exc)
+            finish_trial(study, trial, spec.objective, observers, error=exc, peak_memory_mb=memory.mb)
         if isinstance(exc, TaskError) or not isinstance(exc, Exception):
             raise  # a task that cannot train, Ctrl-C, SIGTERM: the study stops here
         trainer.recover()
         return exc
     for trial, outcome in zip(trials, outcomes, strict=True):
-        finish_trial(study, trial, spec.objective, observers, outcome)
+        finish_trial(study, trial, spec.objective, observers, outcome, peak_memory_mb=memory.mb)
     return None
 
 
 def _training_record(trainer: TrialTrainer, trials: list[optuna.Trial]) -> dict[str, Any]:
     from lrsearch.training.threads import torch_threads
 
+    data = trainer.prepared.data
     record: dict[str, Any] = {"world_size": trainer.collective.world_size, "device": trainer.prepared.device,
                               "threads": torch_threads()}
+    if data is not None:  # function mode reads its own data
+        record["data"] = "streamed" if data.streamed else "tensors"
     if trainer.batch > 1:
         record["batch"] = [t.number for t in trials]
     return record

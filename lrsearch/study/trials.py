@@ -7,6 +7,8 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any, Protocol
 
+from lrsearch.training.memory import OUT_OF_MEMORY, is_out_of_memory
+
 if TYPE_CHECKING:
     import optuna
 
@@ -56,7 +58,9 @@ def start_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, setti
     trial.set_user_attr("config", config)
     trial.set_user_attr("training", {"batch_size": settings.batch_size, "epochs": settings.epochs,
                                      "world_size": training["world_size"], "seed": settings.seed,
-                                     "device": training["device"], "threads": training["threads"]})
+                                     "device": training["device"], "threads": training["threads"],
+                                     "precision": settings.precision,
+                                     **({"data": training["data"]} if "data" in training else {})})
     if "batch" in training:
         trial.set_user_attr("batch", training["batch"])
     for observer in observers:
@@ -85,21 +89,32 @@ class EpochReporter:
         return self.points.due(self.trial.number, epoch.epoch) and self.trial.should_prune()
 
 
+def fail_reason(error: BaseException) -> str:
+    """A failed trial's ``fail_reason``: ``interrupted`` (Ctrl-C, SIGTERM), ``out of memory``, else the error."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return OUT_OF_MEMORY if is_out_of_memory(error) else f"{type(error).__name__}: {error}"
+
+
 def finish_trial(study: optuna.Study, trial: optuna.Trial, objective: ObjectiveSpec, observers: list[TuneObserver],
-                 outcome: TrialOutcome | None = None, error: BaseException | None = None) -> str:
+                 outcome: TrialOutcome | None = None, error: BaseException | None = None,
+                 peak_memory_mb: float | None = None) -> str:
     """Record how the trial ended and tell Optuna; returns its state.
 
-    A trial that raised ``error`` is FAIL with its ``fail_reason`` (``interrupted`` for Ctrl-C or SIGTERM). Else it
-    keeps its implementation, ``diverged`` and final metrics as user attributes and is COMPLETE with its objective
-    value (``outcome.value``, from the epoch ``objective_epoch``), or PRUNED at the epoch it stopped; a diverged
-    trial is reported the worst value at that epoch, so the sampler learns the region is bad.
+    A trial that raised ``error`` is FAIL with its ``fail_reason`` (:func:`fail_reason`). Else it keeps its
+    implementation, ``diverged`` and final metrics as user attributes and is COMPLETE with its objective value
+    (``outcome.value``, from the epoch ``objective_epoch``), or PRUNED at the epoch it stopped; a diverged trial is
+    reported the worst value at that epoch, so the sampler learns the region is bad. Either way it keeps
+    ``peak_memory_mb`` when measured.
     """
     import optuna
 
     states = optuna.trial.TrialState
+    if peak_memory_mb is not None:
+        trial.set_user_attr("peak_memory_mb", round(peak_memory_mb, 1))
     if error is not None or outcome is None:
         error = error or RuntimeError("the trial ended without an outcome")
-        reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+        reason = fail_reason(error)
         logger.debug("trial %d failed: %s", trial.number, reason, exc_info=error)
         trial.set_user_attr("fail_reason", reason)
         for observer in observers:
@@ -108,6 +123,8 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, objective: ObjectiveS
         return "FAIL"
     trial.set_user_attr("optimizer_impl", outcome.implementation)
     trial.set_user_attr("diverged", outcome.diverged)
+    if outcome.skipped_steps:
+        trial.set_user_attr("skipped_steps", outcome.skipped_steps)
     for name, value in outcome.final.items():
         trial.set_user_attr(name, value)
     if outcome.diverged:

@@ -31,6 +31,7 @@ def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[s
         "kwargs": kwargs,
         "implementation": trial.user_attrs.get("optimizer_impl"),
         "schedule": config["schedule"],
+        "precision": trial.user_attrs.get("training", {}).get("precision", "fp32"),
         "training": trial.user_attrs.get("training", {}),
         "objective": {
             "metric": spec.get("objective", {}).get("metric", "val_loss"),
@@ -99,12 +100,31 @@ def python_snippet(config: dict[str, Any]) -> str:
             f"    torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, {total} - warmup)),",
             "], milestones=[warmup])",
         ]
-    lines += [
-        "",
-        "# in the training loop, after each optimizer.step():",
-        "#     if scheduler is not None: scheduler.step()",
-    ]
+    lines += _precision_lines(config.get("precision", "fp32"), str(training.get("device", "cuda")))
     return "\n".join(lines) + "\n"
+
+
+def _precision_lines(precision: str, device: str) -> list[str]:
+    """The training step as the trial ran it: plain for fp32, under autocast for bf16, scaled too for fp16."""
+    step = "#     if scheduler is not None: scheduler.step()"
+    if precision == "fp32":
+        return ["", "# in the training loop, after each optimizer.step():", step]
+    device_type = device.partition(":")[0]
+    dtype = {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    lines = ["", f"# mixed precision {precision}, as the trial trained: forward and loss under autocast"]
+    if precision == "fp16":
+        lines += [f"scaler = torch.amp.GradScaler({device_type!r})  # fp16 gradients need loss scaling"]
+    lines += [
+        "# in the training loop:",
+        f"#     with torch.autocast({device_type!r}, dtype=torch.{dtype}):",
+        "#         loss = loss_fn(model(inputs), targets)",
+        "#     optimizer.zero_grad()",
+    ]
+    if precision == "fp16":
+        lines += ["#     scaler.scale(loss).backward()", "#     scaler.step(optimizer)", "#     scaler.update()"]
+    else:
+        lines += ["#     loss.backward()", "#     optimizer.step()"]
+    return [*lines, step]
 
 
 def _literal(value: Any) -> str:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import LrsearchError
 from lrsearch.study.storage import mask_password
+from lrsearch.study.trials import fail_reason
 
 if TYPE_CHECKING:
     import optuna
@@ -94,11 +95,15 @@ class MlflowTracker:
             tags["optimizer_impl"] = outcome.implementation
             if outcome.stopped:
                 tags["stopped"] = f"{outcome.stopped} at epoch {outcome.stopped_epoch}"
+            if outcome.skipped_steps:
+                tags["skipped_steps"] = str(outcome.skipped_steps)
         if error is not None:
-            tags["fail_reason"] = "interrupted" if isinstance(error, KeyboardInterrupt) else \
-                f"{type(error).__name__}: {error}"[:4000]
+            tags["fail_reason"] = fail_reason(error)[:4000]
         value = outcome.value if outcome is not None else None
         minimize = trial.study.direction == optuna.study.StudyDirection.MINIMIZE
+        peak = trial.user_attrs.get("peak_memory_mb")  # finish_trial records it before telling observers
+        if peak is not None:
+            self._send("epoch", trial.number, 0, {"peak_memory_mb": peak}, int(time.time() * 1000))
         self._send("trial_ended", trial.number, state, tags, value, minimize)
         if isinstance(error, KeyboardInterrupt):
             return  # Ctrl-C: don't wait on the tracking process; study_ended closes everything

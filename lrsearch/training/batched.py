@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import TaskError, UsageError
-from lrsearch.training.data import global_batches
 from lrsearch.training.runner import batch_scores, validation_names
 from lrsearch.training.trial import EpochMetrics, TrialOutcome, TrialSettings, check_due, diverging, epoch_diverged
 
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from lrsearch.training.batched_updates import MemberUpdates
-    from lrsearch.training.data import TrainData
+    from lrsearch.training.data import TaskData
     from lrsearch.training.tasks import Task
 
 IMPLEMENTATION = "vmap"
@@ -61,7 +60,7 @@ class Member:
 
 def train_trials_batched(
     task: Task,
-    data: TrainData,
+    data: TaskData,
     configs: Sequence[dict[str, Any]],
     settings: TrialSettings,
     on_epoch: Sequence[Callable[[EpochMetrics], bool] | None] | None = None,
@@ -71,7 +70,7 @@ def train_trials_batched(
 
     Args:
         task: The task all members train.
-        data: Its tensors on the training device.
+        data: Its data: tensors on the training device, or a stream.
         configs: One trial configuration per member (``{"optimizer", "params", "schedule"}``).
         settings: Epochs, batch size and seed, shared by every member.
         on_epoch: Per member, the hook that gets its epoch metrics and returns True to prune it.
@@ -92,6 +91,8 @@ def train_trials_batched(
         raise UsageError(f"train_trials_batched: {len(configs)} configs but {len(hooks)} on_epoch hooks")
     if update not in UPDATES:
         raise UsageError(f"update {update!r} is not known (allowed: {', '.join(UPDATES)})")
+    if settings.precision != "fp32":
+        raise UsageError(f"stacked trials train in fp32 (got precision {settings.precision!r})")
     if not configs:
         return []
     if len(configs) == 1 and update == "auto":
@@ -104,18 +105,17 @@ def train_trials_batched(
     return [m.outcome for m in sorted(stack.all_members, key=lambda m: m.index)]
 
 
-def time_stacked_steps(task: Task, data: TrainData, batch_size: int, k: int, steps: int = 8) -> float:
+def time_stacked_steps(task: Task, data: TaskData, batch_size: int, k: int, steps: int = 8) -> float:
     """Seconds for ``steps`` stacked steps of ``k`` members (SGD, lr 0) on real batches, after one warm-up: what
     :func:`~lrsearch.training.runner.time_training_steps` is to a sequential trial, for picking torch's threads."""
     from lrsearch.training.runner import time_steps
 
     configs = [{"optimizer": "sgd", "params": {"lr": 0.0}, "schedule": {"name": "constant"}}] * k
     stack = prepare_stack(task, data, configs, TrialSettings(1, batch_size, 0), [None] * k, "auto")
-    return time_steps(lambda indices: stack.step(data.train_x[indices], data.train_y[indices], [0.0] * k),
-                      len(data.train_x), batch_size, data.train_x.device, steps)
+    return time_steps(lambda inputs, targets: stack.step(inputs, targets, [0.0] * k), data, batch_size, steps)
 
 
-def prepare_stack(task: Task, data: TrainData, configs: Sequence[dict[str, Any]], settings: TrialSettings,
+def prepare_stack(task: Task, data: TaskData, configs: Sequence[dict[str, Any]], settings: TrialSettings,
                   hooks: list[Callable[[EpochMetrics], bool] | None], update: str) -> Stack:
     """One seeded model copied to every member, members sorted into one block of rows per optimizer."""
     import torch
@@ -123,7 +123,7 @@ def prepare_stack(task: Task, data: TrainData, configs: Sequence[dict[str, Any]]
     from lrsearch.training.batched_updates import choose_update, hyperparameters, lr_sequences, make_updates
     from lrsearch.training.optimizers import constructor, create_optimizer
 
-    device = data.train_x.device
+    device = data.device
     torch.manual_seed(settings.seed)  # the weights every sequential trial starts from, copied to every member
     model = task.model().to(device)
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -139,7 +139,7 @@ def prepare_stack(task: Task, data: TrainData, configs: Sequence[dict[str, Any]]
             chosen = update
         members.append(Member(index, torch_class, kwargs, chosen, config.get("schedule") or {"name": "constant"},
                               float(hyperparameters(torch_class, kwargs)["lr"]), hook, TrialOutcome(IMPLEMENTATION)))
-    steps_per_epoch = math.ceil(len(data.train_x) / settings.batch_size)
+    steps_per_epoch = math.ceil(data.n_train / settings.batch_size)
     sequences = lr_sequences([(m.schedule, m.lr) for m in members], steps_per_epoch * settings.epochs)
     for member, lrs in zip(members, sequences, strict=True):
         member.lrs = lrs
@@ -246,17 +246,17 @@ class Stack:
             self._build(self.flat.index_select(0, index), tuple(t.index_select(0, index) for t in self.fixed))
 
 
-def _train(stack: Stack, task: Task, data: TrainData, settings: TrialSettings) -> None:
+def _train(stack: Stack, task: Task, data: TaskData, settings: TrialSettings) -> None:
     import torch
 
-    n_train, step, device = len(data.train_x), 0, data.train_x.device
+    n_train, step, device = data.n_train, 0, data.device
     for epoch in range(settings.epochs):
         started = time.perf_counter()
         stack.model.train()
         loss_sum = torch.zeros(len(stack.members), device=device)
-        for indices, _ in global_batches(n_train, settings.batch_size, settings.seed, epoch, 0, 1, device):
-            losses = _step(stack, data, indices, step)
-            loss_sum += losses * len(indices)
+        for inputs, targets, _ in data.train_batches(settings.batch_size, settings.seed, epoch, 0, 1):
+            losses = _step(stack, inputs, targets, [m.lrs[step] for m in stack.members], step)
+            loss_sum += losses * len(inputs)
             if step == 0:
                 for member, value in zip(stack.members, losses.tolist(), strict=True):
                     member.first_loss = value
@@ -285,10 +285,10 @@ def _train(stack: Stack, task: Task, data: TrainData, settings: TrialSettings) -
                 return
 
 
-def _step(stack: Stack, data: TrainData, indices: Tensor, step: int) -> Tensor:
+def _step(stack: Stack, inputs: Tensor, targets: Tensor, lrs: list[float], step: int) -> Tensor:
     """One stacked optimizer step; the first one tells a model that ``vmap`` cannot run from a real failure."""
     try:
-        return stack.step(data.train_x[indices], data.train_y[indices], [m.lrs[step] for m in stack.members])
+        return stack.step(inputs, targets, lrs)
     except RuntimeError as exc:
         if step > 0:
             raise
@@ -308,7 +308,7 @@ def _drop_diverged(stack: Stack, losses: list[float], loss_sum: Tensor, epoch: i
     return loss_sum
 
 
-def _evaluate(stack: Stack, task: Task, data: TrainData, settings: TrialSettings, loss_sums: list[float],
+def _evaluate(stack: Stack, task: Task, data: TaskData, settings: TrialSettings, loss_sums: list[float],
               n_train: int) -> list[dict[str, float]]:
     """Each member's train loss and validation metrics, computed as :func:`~lrsearch.training.runner.evaluate`
     computes them for one model."""
@@ -318,11 +318,10 @@ def _evaluate(stack: Stack, task: Task, data: TrainData, settings: TrialSettings
     names = validation_names(task)
     totals = [[0.0] * len(names) for _ in stack.members]
     with torch.no_grad():
-        for indices in torch.arange(len(data.val_x), device=data.val_x.device).split(settings.eval_batch_size):
-            outputs, target = stack.outputs(stack.params, stack.fixed, data.val_x[indices]), data.val_y[indices]
-            for row, output in enumerate(outputs):
+        for inputs, target in data.val_batches(settings.eval_batch_size, 0, 1):
+            for row, output in enumerate(stack.outputs(stack.params, stack.fixed, inputs)):
                 values = batch_scores(task, output, target)
-                totals[row] = [t + v * len(indices) for t, v in zip(totals[row], values, strict=True)]
-    return [{"train_loss": loss_sum / n_train, **{name: t / len(data.val_x) for name, t in zip(names, row_totals,
-                                                                                             strict=True)}}
+                totals[row] = [t + v * len(inputs) for t, v in zip(totals[row], values, strict=True)]
+    return [{"train_loss": loss_sum / n_train, **{name: t / data.n_val for name, t in zip(names, row_totals,
+                                                                                         strict=True)}}
             for loss_sum, row_totals in zip(loss_sums, totals, strict=True)]

@@ -61,6 +61,8 @@ class TrialContext:
         seed: ``train.seed``; lrsearch has already called ``torch.manual_seed(seed)``, so a model built first
             starts from the same weights in every trial.
         device: The resolved ``train.device``: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``train.precision`` (``fp32``, ``bf16`` or ``fp16``), for your loop to apply: lrsearch does
+            not own it.
         trial_number: The Optuna trial number (for per-trial output directories), None outside a study.
         implementation: ``fused``/``foreach``/``default`` once :meth:`build_optimizer` ran; ``user`` otherwise.
     """
@@ -72,6 +74,7 @@ class TrialContext:
         self.params = flat_params(config)
         self.args = dict(args)
         self.epochs, self.batch_size, self.seed = settings.epochs, settings.batch_size, settings.seed
+        self.precision = settings.precision
         self.device = device
         self.trial_number = trial_number
         self.implementation = "user"

@@ -14,7 +14,6 @@ functions, so importing this module (the CLI does) stays instant.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,7 +138,7 @@ def lr_find(
     if unknown:
         raise UsageError(f"optimizer {unknown[0]!r} is not known (allowed: {', '.join(PRESETS)})")
     space = spec.search.space()
-    device = prepared.data.train_x.device
+    device = prepared.data.device
     results: dict[str, LRFindResult] = {}
     # fork_rng: seeding here must not change the random numbers the caller draws next.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -172,15 +171,16 @@ def _range_test(
     import torch
 
     from lrsearch.training.optimizers import constructor, create_optimizer
+    from lrsearch.training.precision import MixedPrecision
 
     task, data, seed = prepared.task, prepared.data, prepared.spec.train.seed
-    device = data.train_x.device
     torch.manual_seed(seed)  # the same initial weights for every optimizer, as every trial of a study gets
-    model = task.model().to(device)
+    model = task.model().to(data.device)
     model.train()
     torch_class, kwargs = constructor({"optimizer": optimizer, "params": {**params, "lr": start}})
     opt, _ = create_optimizer(torch_class, kwargs, model.parameters())
-    batches = _cycled_batches(len(data.train_x), prepared.spec.train.batch_size, seed, device)
+    amp = MixedPrecision(prepared.spec.train.precision, data.device, opt)  # the precision the trials train in
+    batches = data.cycled_batches(prepared.spec.train.batch_size, seed)
     ratio = math.log(end / start) / (steps - 1)
 
     lrs: list[float] = []
@@ -191,8 +191,9 @@ def _range_test(
         lr = start * math.exp(ratio * step)
         for group in opt.param_groups:
             group["lr"] = lr
-        indices = next(batches)
-        loss = task.loss(model(data.train_x[indices]), data.train_y[indices])
+        inputs, targets = next(batches)
+        with amp.autocast():
+            loss = task.loss(model(inputs), targets)
         value = loss.item()  # the one host sync per step: divergence must be decided now
         if not math.isfinite(value):
             if step == 0:
@@ -203,8 +204,8 @@ def _range_test(
             diverged_at = lr
             break
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        amp.backward(loss)
+        amp.step(opt)
         # Bias-corrected EMA (as Adam corrects its moments): without it the first points are pulled toward 0.
         average = (1 - smoothing) * average + smoothing * value
         smoothed = average / (1 - (1 - smoothing) ** (step + 1))
@@ -216,18 +217,6 @@ def _range_test(
             diverged_at = lr
             break
     return curve_result(lrs, losses, diverged_at, start, end)
-
-
-def _cycled_batches(n: int, batch_size: int, seed: int, device: Any) -> Iterator[Any]:
-    """Endless index batches: a fresh permutation per pass, all of the same size so every loss is as noisy."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    size = min(batch_size, n)
-    while True:
-        order = torch.randperm(n, generator=generator).to(device)
-        for first in range(0, n - size + 1, size):
-            yield order[first : first + size]
 
 
 def curve_result(lrs: list[float], losses: list[float], diverged_at: float | None, start: float,

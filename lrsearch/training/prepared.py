@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from lrsearch.config.spec import StudySpec
-    from lrsearch.training.data import TrainData
+    from lrsearch.training.data import TaskData
     from lrsearch.training.tasks import Task
 
 
@@ -24,7 +24,8 @@ class Prepared:
 
     spec: StudySpec
     task: Task | None
-    data: TrainData | None
+    data: TaskData | None
+    """Tensors on the device, or a stream (:mod:`lrsearch.training.streaming`)."""
     device: str
     function: Callable[..., Any] | None = None
     """Function mode (``task.function``): the user's ``train(ctx)``; ``task`` and ``data`` are then None."""
@@ -45,10 +46,12 @@ def prepare(spec: StudySpec) -> Prepared:
 
     Function mode imports ``task.function`` instead; its objective metric is checked at its first report.
     """
-    from lrsearch.training.data import TrainData
+    from lrsearch.training.precision import check_precision
+    from lrsearch.training.streaming import load_data
     from lrsearch.training.tasks import load_task
 
     device = resolve_device(spec.train.device)
+    check_precision(spec.train.precision, device)
     if not isinstance(spec.task, str) and spec.task.function is not None:
         from lrsearch.training.function_mode import load_function
 
@@ -60,15 +63,19 @@ def prepare(spec: StudySpec) -> Prepared:
             f"objective.metric: {spec.objective.metric!r} is not reported by this task "
             f"(allowed: {', '.join(task.metric_names())})"
         )
-    data = TrainData.from_task(task, device)
-    if spec.train.batch_size > len(data.train_x):
+    data = load_data(task, spec.train.loader, device, task_label(spec), spec.train.batch_size)
+    if spec.train.batch_size > data.n_train:
         problems.append(
-            f"train.batch_size: {spec.train.batch_size} is larger than the training set "
-            f"({len(data.train_x)} samples)"
+            f"train.batch_size: {spec.train.batch_size} is larger than the training set ({data.n_train} samples)"
         )
     if problems:
         raise SpecError(spec.source or "<study>", problems)
     return Prepared(spec, task, data, device)
+
+
+def task_label(spec: StudySpec) -> str:
+    """The study's task as errors name it: the built-in's name or the entrypoint."""
+    return repr(spec.task if isinstance(spec.task, str) else spec.task.entrypoint or spec.task.function)
 
 
 def prepare_rank(spec: StudySpec, local_rank: int) -> Prepared:

@@ -7,12 +7,12 @@ The loop in :func:`train_trial` reads top to bottom. It knows nothing of Optuna 
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.training.data import global_batches
 from lrsearch.training.trial import (
     SINGLE_PROCESS,
     Collective,
@@ -28,13 +28,13 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-    from lrsearch.training.data import TrainData
+    from lrsearch.training.data import TaskData
     from lrsearch.training.tasks import Task
 
 
 def train_trial(
     task: Task,
-    data: TrainData,
+    data: TaskData,
     config: dict[str, Any],
     settings: TrialSettings,
     on_epoch: Callable[[EpochMetrics], bool] | None = None,
@@ -49,38 +49,47 @@ def train_trial(
     import torch
 
     from lrsearch.training.optimizers import constructor, create_optimizer, make_scheduler
+    from lrsearch.training.precision import MixedPrecision
 
-    device = data.train_x.device
+    device = data.device
     torch.manual_seed(settings.seed)  # every trial starts from the same weights: a fair comparison of optimizers
     model = collective.wrap(task.model().to(device))
     torch_class, kwargs = constructor(config)
     optimizer, implementation = create_optimizer(torch_class, kwargs, model.parameters())
-    n_train = len(data.train_x)
+    # bf16/fp16: autocast on this device for forward and loss; fp16 also scales the loss so small gradients survive.
+    amp = MixedPrecision(settings.precision, device, optimizer)
+    n_train = data.n_train
     steps_per_epoch = math.ceil(n_train / settings.batch_size)
     scheduler = make_scheduler(config["schedule"], optimizer, steps_per_epoch * settings.epochs)
     outcome = TrialOutcome(implementation)
     first_loss: float | None = None
     step = 0
 
+    def finish(stopped: str | None = None, epoch: int = 0) -> TrialOutcome:
+        outcome.skipped_steps = amp.skipped_steps()
+        if stopped is not None:
+            outcome.stop(stopped, epoch)
+        return outcome
+
     for epoch in range(settings.epochs):
         started = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
-        for indices, weight in global_batches(n_train, settings.batch_size, settings.seed, epoch, collective.rank,
-                                              collective.world_size, device):
-            loss = task.loss(model(data.train_x[indices]), data.train_y[indices])
+        for inputs, targets, weight in data.train_batches(settings.batch_size, settings.seed, epoch, collective.rank,
+                                                          collective.world_size):
+            with amp.autocast():
+                loss = task.loss(model(inputs), targets)
             optimizer.zero_grad(set_to_none=True)
             # Scaled so DDP's gradient average equals the gradient of the global batch's mean loss.
-            (loss if weight == 1.0 else loss * weight).backward()
-            optimizer.step()
+            amp.backward(loss if weight == 1.0 else loss * weight)
+            amp.step(optimizer)  # fp16: a step whose gradients overflow is skipped, which is not divergence
             if scheduler is not None:
                 scheduler.step()
-            loss_sum += loss.detach() * len(indices)
+            loss_sum += loss.detach() * len(inputs)
             if first_loss is None:
                 first_loss = collective.sum(loss.detach() * weight).item() / collective.world_size
             elif check_due(step) and collective.any(diverging(loss.item(), first_loss)):
-                outcome.stop("diverged", epoch)
-                return outcome
+                return finish("diverged", epoch)
             step += 1
         train_seconds = time.perf_counter() - started
         metrics = {"train_loss": collective.sum(loss_sum).item() / n_train,
@@ -94,13 +103,11 @@ def train_trial(
         )
         outcome.history.append(epoch_metrics)
         if epoch_diverged(metrics, first_loss):
-            outcome.stop("diverged", epoch)
-            return outcome
+            return finish("diverged", epoch)
         stop = on_epoch(epoch_metrics) if on_epoch is not None and collective.rank == 0 else False
         if collective.decide(stop):  # rank 0 decides; every rank stops at the same epoch
-            outcome.stop("pruned", epoch)
-            return outcome
-    return outcome
+            return finish("pruned", epoch)
+    return finish()
 
 
 def validation_names(task: Task) -> list[str]:
@@ -114,46 +121,47 @@ def batch_scores(task: Task, output: Tensor, target: Tensor) -> list[float]:
 
 
 def evaluate(
-    task: Task, data: TrainData, model: torch.nn.Module, settings: TrialSettings, collective: Collective
+    task: Task, data: TaskData, model: torch.nn.Module, settings: TrialSettings, collective: Collective
 ) -> dict[str, float]:
     """Validation loss and metrics over the whole val set: each rank scores its shard, sums are all-reduced."""
     import torch
 
+    from lrsearch.training.precision import autocast
+
     module = getattr(model, "module", model)  # evaluate outside DDP: no gradient hooks, no sync per forward
     module.eval()
     names = validation_names(task)
-    shard = torch.arange(len(data.val_x), device=data.val_x.device).tensor_split(collective.world_size)
     totals = [0.0] * len(names)
     with torch.no_grad():
-        for indices in shard[collective.rank].split(settings.eval_batch_size):
-            values = batch_scores(task, module(data.val_x[indices]), data.val_y[indices])
-            totals = [t + v * len(indices) for t, v in zip(totals, values, strict=True)]
-    summed = collective.sum(torch.tensor(totals, dtype=torch.float64, device=data.val_x.device)).tolist()
-    return {name: value / len(data.val_x) for name, value in zip(names, summed, strict=True)}
+        for inputs, targets in data.val_batches(settings.eval_batch_size, collective.rank, collective.world_size):
+            with autocast(settings.precision, data.device):
+                values = batch_scores(task, module(inputs), targets)
+            totals = [t + v * len(inputs) for t, v in zip(totals, values, strict=True)]
+    summed = collective.sum(torch.tensor(totals, dtype=torch.float64, device=data.device)).tolist()
+    return {name: value / data.n_val for name, value in zip(names, summed, strict=True)}
 
 
-def time_training_steps(task: Task, data: TrainData, batch_size: int, steps: int = 8) -> float:
+def time_training_steps(task: Task, data: TaskData, batch_size: int, steps: int = 8) -> float:
     """Seconds for ``steps`` forward/backward/SGD steps of the task's model on real batches (after one warm-up)."""
     import torch
 
-    model = task.model().to(data.train_x.device)
+    model = task.model().to(data.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: time the work, change nothing that matters
 
-    def step(indices: Tensor) -> None:
+    def step(inputs: Tensor, targets: Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        task.loss(model(data.train_x[indices]), data.train_y[indices]).backward()
+        task.loss(model(inputs), targets).backward()
         optimizer.step()
 
-    return time_steps(step, len(data.train_x), batch_size, data.train_x.device, steps)
+    return time_steps(step, data, batch_size, steps)
 
 
-def time_steps(step: Callable[[Tensor], None], n: int, batch_size: int, device: Any, steps: int) -> float:
-    """Seconds for ``steps`` calls of ``step(batch_indices)`` over consecutive batches, after one warm-up call."""
-    import torch
-
-    batches = torch.arange(n, device=device).split(batch_size)
-    step(batches[0])
+def time_steps(step: Callable[[Tensor, Tensor], None], data: TaskData, batch_size: int, steps: int) -> float:
+    """Seconds for ``steps`` calls of ``step(inputs, targets)`` on training batches read beforehand (two, taken in
+    turn: a step costs the same on any batch, and a streamed batch is memory held), after one warm-up call."""
+    batches = list(itertools.islice(data.cycled_batches(batch_size, 0), 2))
+    step(*batches[0])
     started = time.perf_counter()
     for index in range(1, steps + 1):
-        step(batches[index % len(batches)])
+        step(*batches[index % len(batches)])
     return time.perf_counter() - started

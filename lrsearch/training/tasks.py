@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,12 +28,18 @@ class Task:
     Args:
         model: Builds a freshly initialised model; called once per trial after seeding, so every trial starts
             from the same weights.
-        train: Training set; items are ``(input, target)``. It is materialised once per process as tensors.
+        train: Training set: any map-style ``Dataset`` or ``IterableDataset`` whose items are ``(input, target)``
+            (tensors or numbers). A ``TensorDataset`` is kept as tensors on the device; any other dataset is
+            streamed through a ``DataLoader``, its items read (and augmented) anew every epoch.
         val: Validation set, same form.
         loss: ``loss(output, target)`` returning the mean loss of a batch.
         metrics: Extra validation metrics ``name -> fn(output, target) -> float``, each a mean over the batch's
             samples (lrsearch averages them over batches weighted by batch size). Reported as ``val_<name>``.
         info: Facts about the task worth reporting (the quadratic's analytically optimal step size).
+        loader: Builds the loader of a streamed dataset in place of ``torch.utils.data.DataLoader``, called as it
+            would be (``loader(dataset, **options)``, once per dataset per process), for a custom collate or sampler.
+        in_memory: ``True`` reads a deterministic map-style dataset once into tensors on the device (the fast
+            path); ``False`` streams even a ``TensorDataset``; ``None`` decides by the dataset's type.
 
     Example:
         >>> import torch
@@ -49,6 +55,8 @@ class Task:
     loss: Callable[[Tensor, Tensor], Tensor]
     metrics: dict[str, Callable[[Tensor, Tensor], float]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    loader: Callable[..., Iterable[Any]] | None = None
+    in_memory: bool | None = None
 
     def metric_names(self) -> list[str]:
         """Every metric a trial reports: ``train_loss``, ``val_loss`` and ``val_<name>`` for each extra metric."""

@@ -28,6 +28,11 @@ def configure_threads(threads: int | None, workers: int = 1, prepared: Prepared 
 
     share = max(1, (os.cpu_count() or 1) // workers)
     count = threads or share
+    if prepared is not None and prepared.data is not None and prepared.data.streamed:
+        from lrsearch.training.streaming import StreamedData
+
+        if isinstance(prepared.data, StreamedData):
+            prepared.data.core_share = share  # its loader workers take the cores training leaves spare
     # Function mode has no Task to time: the user's loop runs with the core share.
     if threads is None and share > 1 and prepared is not None and prepared.task is not None \
             and prepared.device == "cpu":

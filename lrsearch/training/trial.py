@@ -41,6 +41,8 @@ class TrialSettings:
     """Global batch: each of ``world_size`` ranks trains on its slice of it."""
     seed: int
     eval_batch_size: int = 4096
+    precision: str = "fp32"
+    """``train.precision``: ``fp32``, ``bf16`` or ``fp16`` (see :mod:`lrsearch.training.precision`)."""
 
 
 @dataclass
@@ -62,6 +64,8 @@ class TrialOutcome:
     stopped: str | None = None
     """``None`` when all epochs ran, ``"pruned"`` or ``"diverged"`` otherwise."""
     stopped_epoch: int | None = None
+    skipped_steps: int = 0
+    """Optimizer steps fp16's gradient scaler skipped because the scaled gradients overflowed."""
     value: float | None = None
     """The trial's objective value once the study has scored it (:meth:`objective`), None before or when stopped."""
     value_epoch: int | None = None
