@@ -30,7 +30,9 @@ def _check_counts(study: optuna.Study, n_trials: int) -> list[optuna.trial.Froze
 
 
 def test_sqlite_with_four_workers(tmp_path) -> None:
-    path = write_study(tmp_path, tiny_study(budget={"n_trials": 12, "epochs": 3}, pruner={"name": "median"}))
+    study = tiny_study(budget={"n_trials": 12, "epochs": 3}, sampler={"name": "prior", "seed": 0},
+                       pruner={"name": "halving"})  # the default search: its portfolio and budget shared by workers
+    path = write_study(tmp_path, study)
     storage = f"sqlite:///{tmp_path / 'lrsearch.db'}"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = subprocess.run([sys.executable, "-m", "lrsearch", "tune", str(path), "--workers", "4", "--storage",
@@ -40,6 +42,8 @@ def test_sqlite_with_four_workers(tmp_path) -> None:
     assert "top trials of tiny" in result.stdout
     study = optuna.load_study(study_name="tiny", storage=storage)
     done = _check_counts(study, 12)
+    portfolio = sorted(t.user_attrs["portfolio"] for t in study.trials if "portfolio" in t.user_attrs)
+    assert portfolio == ["adam", "momentum-cosine"]  # queued once by the launcher, each run by one worker
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])

@@ -158,7 +158,7 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, name: st
         study_name=name,
         direction=spec.objective.direction,
         sampler=make_sampler(spec.sampler.name, spec.sampler.seed, space, spec.search.grid_points),
-        pruner=make_pruner(spec.pruner.name, spec.budget.epochs),
+        pruner=make_pruner(spec.pruner.name, spec.budget.epochs, spec.budget.n_trials),
         load_if_exists=True,
     )
     if "spec" not in study.user_attrs:
