@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import TaskError, TrialRuntimeError
 from lrsearch.study.algorithms import PruningPoints
-from lrsearch.study.budget import ask_within_budget, fail_stale_trials, open_slots
-from lrsearch.study.heartbeat import heartbeats
+from lrsearch.study.budget import ask_within_budget, open_slots
+from lrsearch.study.heartbeat import fail_stale_trials, heartbeats
 from lrsearch.study.trials import finish_trial, report_epoch, start_trial
 from lrsearch.training.trial import SINGLE_PROCESS, TrialSettings
 
@@ -85,8 +85,8 @@ def run_study(study: optuna.Study, storage: Any, prepared: Prepared, observers: 
     trainer = TrialTrainer(prepared, collective)
     points = PruningPoints(study.pruner, prepared.spec.budget.epochs)
     failures = 0
-    for free in open_slots(study, prepared.spec.budget):
-        fail_stale_trials(study)  # a dead process's trials are failed and queued for retry: they come first
+    for free in open_slots(study, storage, prepared.spec.budget):
+        fail_stale_trials(study, storage)  # a dead process's trials are failed and queued for retry: they come first
         trials = ask_within_budget(study, min(trainer.batch, free), prepared.spec.budget.n_trials)
         if not trials:
             continue
@@ -106,14 +106,19 @@ def _train_and_tell(study: optuna.Study, storage: Any, trainer: TrialTrainer, tr
     """One step: start the trials, train them, finish each; returns the exception that failed them, if any."""
     spec, metric = trainer.prepared.spec, trainer.prepared.spec.objective.metric
     training = _training_record(trainer, trials)
-    configs = [start_trial(study, trial, spec, trainer.settings, training, observers) for trial in trials]
     hooks = [_hook(trial, metric, observers, points) for trial in trials]
+    configs: list[dict[str, Any]] = []
     try:
+        # The first beat at once, before the configuration is sampled and recorded: a process killed from here on
+        # leaves a trial that goes stale, and is retried, instead of one that RDB storages keep RUNNING for ever.
         with heartbeats(storage, study, trials):
+            for trial in trials:
+                configs.append(start_trial(study, trial, spec, trainer.settings, training, observers))
             outcomes = trainer.train([t.number for t in trials], configs, hooks)
     except BaseException as exc:
-        for trial in trials:
-            finish_trial(study, trial, metric, observers, error=exc)
+        for index, trial in enumerate(trials):
+            # Observers hear of the end of the trials they heard start of.
+            finish_trial(study, trial, metric, observers if index < len(configs) else [], error=exc)
         if isinstance(exc, TaskError) or not isinstance(exc, Exception):
             raise  # a task that cannot train, Ctrl-C, SIGTERM: the study stops here
         trainer.recover()
