@@ -64,7 +64,8 @@ def cli(debug: bool) -> None:
 
 storage_option = click.option(
     "--storage", metavar="URL", default=None,
-    help="Optuna storage (default: $LRSEARCH_STORAGE, else sqlite:///lrsearch.db here).",
+    help="Optuna storage: a file ending in .journal, or a database URL (sqlite:///x.db, postgresql+psycopg://...); "
+         "default: $LRSEARCH_STORAGE, else lrsearch.journal here.",
 )
 tracking_uri_option = click.option(
     "--tracking-uri", metavar="URI", default=None,
@@ -260,6 +261,30 @@ def export(name: str, storage: str | None, fmt: str, trial_number: int | None, o
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("name")
+@storage_option
+@tracking_uri_option
+def sync(name: str, storage: str | None, tracking_uri: str | None) -> None:
+    """Bring MLflow level with the study: one run per trial, statuses, final metrics, best configuration, plots.
+
+    Exit 0 when MLflow matches the study (trials still running are left to their process), 2 for an unknown study
+    or a bad storage URL, 1 when MLflow cannot be written."""
+    from lrsearch.study.storage import mask_password, storage_url
+    from lrsearch.tracking.mirror import sync_study
+    from lrsearch.tracking.tracker import tracking_uri as resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    report = sync_study(name, storage_url(storage), uri)
+    if report.changed:
+        done = f"created {report.created} runs, repaired {report.repaired}, removed {report.removed} duplicates"
+    else:
+        done = "nothing to change"
+    running = f", {report.running} still running" if report.running else ""
+    click.echo(f"study {name}: MLflow at {mask_password(uri)} matches its {report.trials} finished trials{running} "
+               f"({done}); parent run {report.parent}")
 
 
 @cli.command()
