@@ -1,4 +1,5 @@
-"""Several workers on one study: SQLite with --workers 4, and a real PostgreSQL server with two commands."""
+"""Several workers on one study: a journal file and SQLite with --workers 4, and a real PostgreSQL server with two
+commands."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import optuna
 import pytest
 from conftest import tiny_study, write_study
 from mlflow import MlflowClient
+
+from lrsearch.study.storage import load_study
 
 pytestmark = pytest.mark.slow
 State = optuna.trial.TrialState
@@ -28,16 +31,17 @@ def _check_counts(study: optuna.Study, n_trials: int) -> list[optuna.trial.Froze
     return [t for t in trials if t.state in (State.COMPLETE, State.PRUNED)]
 
 
-def test_sqlite_with_four_workers(tmp_path) -> None:
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_four_workers(tmp_path, kind: str) -> None:
     path = write_study(tmp_path, tiny_study(budget={"n_trials": 12, "epochs": 3}, pruner={"name": "median"}))
-    storage = f"sqlite:///{tmp_path / 'lrsearch.db'}"
+    storage = str(tmp_path / "lrsearch.journal") if kind == "journal" else f"sqlite:///{tmp_path / 'lrsearch.db'}"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = subprocess.run([sys.executable, "-m", "lrsearch", "tune", str(path), "--workers", "4", "--storage",
                              storage, "--tracking-uri", uri, "--no-progress"], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr
     assert "top trials of tiny" in result.stdout
-    study = optuna.load_study(study_name="tiny", storage=storage)
+    study = load_study("tiny", storage)
     done = _check_counts(study, 12)
 
     client = MlflowClient(uri)

@@ -126,13 +126,7 @@ def _reconcile_trial(recorder: Recorder, study: optuna.Study, trial: optuna.tria
     if trial.state.name == "FAIL" and "fail_reason" not in tags and "fail_reason" not in run.data.tags:
         tags["fail_reason"] = PROCESS_STOPPED  # failed as stale: its process never said why
     params = trial_params(config, trial.user_attrs.get("training", {})) if config else {}
-    metrics = final_metrics(trial)
-    last_epoch = max(trial.intermediate_values, default=0)
-    history: dict[tuple[str, int], float] = {(k, last_epoch): v for k, v in metrics.items()
-                                             if k not in run.data.metrics}
-    objective = study.user_attrs.get("spec", {}).get("objective", {}).get("metric", "val_loss")
-    if objective not in run.data.metrics:  # the live record lost the trial's epochs: Optuna kept the objective's
-        history.update({(objective, step): v for step, v in trial.intermediate_values.items() if math.isfinite(v)})
+    history = _missing_metrics(recorder, study, trial, run)
     missing_tags = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
     missing_params = {k: v for k, v in params.items() if k not in run.data.params}
     status = STATUS[trial.state.name]
@@ -145,6 +139,22 @@ def _reconcile_trial(recorder: Recorder, study: optuna.Study, trial: optuna.tria
                                                      end_time=_ms(trial.datetime_complete)))
     report.created += created
     report.repaired += not created
+
+
+def _missing_metrics(recorder: Recorder, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                     run: Run) -> dict[tuple[str, int], float]:
+    """``{(key, step): value}`` the run lacks: each final metric whose latest value is missing or another, at the
+    trial's last epoch; and where the live record lost epochs of the objective, those Optuna kept."""
+    last_epoch = max(trial.intermediate_values, default=0)
+    logged = run.data.metrics
+    missing = {(k, last_epoch): v for k, v in final_metrics(trial).items()
+               if k not in logged or not math.isclose(logged[k], v, rel_tol=1e-12)}
+    objective = study.user_attrs.get("spec", {}).get("objective", {}).get("metric", "val_loss")
+    if any(k == objective for k, _ in missing) or objective not in logged:
+        steps = {m.step for m in retry(lambda: recorder.client.get_metric_history(run.info.run_id, objective))}
+        missing.update({(objective, step): v for step, v in trial.intermediate_values.items()
+                        if step not in steps and math.isfinite(v)})
+    return missing
 
 
 def _keep_one(recorder: Recorder, trial: optuna.trial.FrozenTrial, found: list[Run],
