@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 import click
 
 from lrsearch import __version__
+from lrsearch.cli.options import check_format, format_option, stop_on_first_signal, storage_option, tracking_uri_option
+from lrsearch.cli.tracking import sync, ui
 from lrsearch.errors import Interrupted, LrsearchError
 
 EXIT_SIGINT = 130
@@ -62,18 +63,6 @@ def cli(debug: bool) -> None:
     """Search optimizers, learning rates and betas for a PyTorch task with Optuna."""
 
 
-storage_option = click.option(
-    "--storage", metavar="URL", default=None,
-    help="Optuna storage: a file ending in .journal, or a database URL (sqlite:///x.db, postgresql+psycopg://...); "
-         "default: $LRSEARCH_STORAGE, else lrsearch.journal here.",
-)
-tracking_uri_option = click.option(
-    "--tracking-uri", metavar="URI", default=None,
-    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default, sqlite:///mlflow.db here).",
-)
-format_option = click.option("--format", "fmt", default="table", metavar="table|json", help="Output format.")
-
-
 @cli.command()
 @click.argument("study_file", metavar="STUDY.yaml")
 @click.option("--n-trials", type=int, help="Total trials of the study (complete + pruned).")
@@ -110,7 +99,7 @@ def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: flo
     from lrsearch.config.overrides import Overrides
     from lrsearch.errors import UsageError
 
-    _stop_on_first_signal()
+    stop_on_first_signal()
     if workers < 1:
         raise UsageError(f"--workers must be a positive integer (got {workers})")
     overrides = Overrides(n_trials=n_trials, epochs=epochs, timeout=timeout, sampler=sampler, pruner=pruner,
@@ -206,7 +195,7 @@ def show(name: str, storage: str | None, fmt: str) -> None:
     from lrsearch.study.results import study_json
     from lrsearch.study.storage import load_study, storage_url
 
-    _check_format(fmt, ("table", "json"))
+    check_format(fmt, ("table", "json"))
     study = load_study(name, storage_url(storage))
     if fmt == "json":
         click.echo(json.dumps(study_json(study), indent=2))
@@ -225,7 +214,7 @@ def studies(storage: str | None, fmt: str) -> None:
     from lrsearch.study.results import studies_rows
     from lrsearch.study.storage import storage_url
 
-    _check_format(fmt, ("table", "json"))
+    check_format(fmt, ("table", "json"))
     rows = studies_rows(storage_url(storage))
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
@@ -246,7 +235,7 @@ def export(name: str, storage: str | None, fmt: str, trial_number: int | None, o
     from lrsearch.study.storage import load_study, storage_url
     from lrsearch.tracking.export import FORMATS, render, trial_config
 
-    _check_format(fmt, FORMATS)
+    check_format(fmt, FORMATS)
     study = load_study(name, storage_url(storage))
     if trial_number is None:
         trial = best_trial(study)
@@ -261,77 +250,6 @@ def export(name: str, storage: str | None, fmt: str, trial_number: int | None, o
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
-
-
-@cli.command()
-@click.argument("name")
-@storage_option
-@tracking_uri_option
-def sync(name: str, storage: str | None, tracking_uri: str | None) -> None:
-    """Bring MLflow level with the study: one run per trial, statuses, final metrics, best configuration, plots.
-
-    Exit 0 when MLflow matches the study (trials still running are left to their process), 2 for an unknown study
-    or a bad storage URL, 1 when MLflow cannot be written."""
-    from lrsearch.study.storage import mask_password, storage_url
-    from lrsearch.tracking.mirror import sync_study
-    from lrsearch.tracking.tracker import tracking_uri as resolve_uri
-
-    uri = resolve_uri(tracking_uri)
-    report = sync_study(name, storage_url(storage), uri)
-    if report.changed:
-        done = f"{report.created} runs created, {report.repaired} repaired, {report.removed} duplicates removed"
-    else:
-        done = "nothing to change"
-    running = f", {report.running} still running" if report.running else ""
-    click.echo(f"study {name}: MLflow at {mask_password(uri)} matches its {report.trials} finished trials{running} "
-               f"({done}); parent run {report.parent}")
-
-
-@cli.command()
-@click.argument("name", required=False)
-@tracking_uri_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; others can reach it if not "
-              "localhost.")
-@click.option("--port", type=int, default=5000, show_default=True)
-@click.option("--open", "open_browser", is_flag=True, help="Open the trials' address in your browser.")
-@click.option("--verbose", is_flag=True, help="Show the MLflow server's log here instead of writing it to a file.")
-def ui(name: str | None, tracking_uri: str | None, host: str, port: int, open_browser: bool, verbose: bool) -> None:
-    """Start the MLflow UI on the store lrsearch tracks to, and print the address of each study's trials (only
-    NAME's if given): every trial a row, sorted by the objective."""
-    from lrsearch.distributed.processes import stop_processes
-    from lrsearch.errors import TrackingError
-    from lrsearch.study.storage import mask_password
-    from lrsearch.tracking.tracker import tracking_uri as resolve_uri
-    from lrsearch.tracking.viewer import last_line, log_path, start_server, study_views, wait_until_serving
-
-    uri = resolve_uri(tracking_uri)
-    views = study_views(uri, name)  # a wrong NAME is one line and exit 2, before any server starts
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: binding {host}: the MLflow UI has no authentication and anyone who can reach this "
-                   "address can read and change your runs", err=True)
-    log = None if verbose else log_path(port)
-    base = f"http://{'localhost' if host == '127.0.0.1' else host}:{port}"
-    _stop_on_first_signal()
-    process = start_server(uri, host, port, log)
-    try:
-        wait_until_serving(process, port, log)
-        click.echo(f"MLflow UI for {mask_password(uri)} at {base}" + (f" (server log: {log})" if log else "") +
-                   "; Ctrl-C stops it")
-        for view in views:
-            click.echo(f"trials of {view.study}: {view.address(base)}")
-        if not views:
-            click.echo(f"no lrsearch study is recorded there yet: {base}")
-        if open_browser:
-            import webbrowser
-
-            if not webbrowser.open(views[0].address(base) if views else base):
-                click.echo("no browser to open here: open the address above", err=True)
-        code = process.wait()
-    except BaseException:
-        stop_processes([process], grace=10.0, group=True)  # the server's own session: its worker goes with it
-        raise
-    raise TrackingError(f"the MLflow server exited with code {code}{last_line(log)}" +
-                        (f"; its log: {log}" if log else ""))
 
 
 @cli.command("lr-find")
@@ -357,7 +275,7 @@ def lr_find(study_file: str, optimizers: tuple[str, ...], start: float, end: flo
     from lrsearch.training.prepared import prepare
     from lrsearch.training.threads import configure_threads
 
-    _check_format(fmt, ("table", "json"))
+    check_format(fmt, ("table", "json"))
     spec = resolve_spec(study_file)
     prepared = prepare(spec)
     configure_threads(spec.train.threads)
@@ -389,26 +307,8 @@ def lr_find(study_file: str, optimizers: tuple[str, ...], start: float, end: flo
     Console().print(table)
 
 
-def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
-    from lrsearch.errors import UsageError
-
-    if fmt not in allowed:
-        raise UsageError(f"--format {fmt!r} is not known (allowed: {', '.join(allowed)})")
-
-
-def _stop_on_first_signal() -> None:
-    """Ctrl-C and SIGTERM interrupt tune once: the running trial fails and every run is closed. A second signal
-    during that clean-up is ignored rather than breaking it half way."""
-    received: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        if received:
-            return
-        received.append(signum)
-        raise Interrupted() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+cli.add_command(sync)
+cli.add_command(ui)
 
 
 def main(argv: list[str] | None = None) -> None:
