@@ -80,6 +80,22 @@ def assert_mirrors(storage: str, uri: str, parent_status: str = "FINISHED") -> o
     return study
 
 
+def test_best_value_points_are_the_improving_trials_as_far_as_every_earlier_one_finished() -> None:
+    from lrsearch.tracking.mirror import best_value_points
+
+    def trial(number: int, state: State, value: float | None = None, **attrs) -> optuna.trial.FrozenTrial:
+        made = optuna.trial.create_trial(state=state, value=value, user_attrs=attrs)
+        made.number = number
+        return made
+
+    trials = [trial(0, State.COMPLETE, 1.0), trial(1, State.COMPLETE, 2.0), trial(2, State.PRUNED, 0.1, diverged=True),
+              trial(3, State.RUNNING), trial(4, State.COMPLETE, 0.5), trial(5, State.FAIL)]
+    assert {n: v for n, (v, _) in best_value_points(trials, minimize=True).items()} == {0: 1.0}  # 3 may improve
+    points = best_value_points(trials, minimize=True, pending={3: 0.8})  # 3 is told after the tracker hears
+    assert {n: v for n, (v, _) in points.items()} == {0: 1.0, 3: 0.8, 4: 0.5}
+    assert list(best_value_points(trials, minimize=False, pending={3: 0.8})) == [0, 1]
+
+
 def _snapshot(client: MlflowClient) -> list:
     """Everything a reconciliation could change, run by run."""
     out = []
