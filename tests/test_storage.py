@@ -54,6 +54,21 @@ def test_the_default_storage_is_a_journal_file_here(tmp_path: Path) -> None:
     assert [t.state for t in study.trials] == [State.COMPLETE]
 
 
+def test_a_journal_is_optunas_format_and_a_torn_last_record_is_cut(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.journal")
+    study = optuna.create_study(storage=open_storage(path), study_name="s")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    with open(path, "ab") as handle:
+        handle.write(b'{"op_code":4,"worker_id":"w","trial_id":0,"user_')  # a write cut short by a power cut
+    study = optuna.load_study(study_name="s", storage=open_storage(path))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    # Optuna's own reader (optuna-dashboard's too) reads every record, the ones after the cut included.
+    stock = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+    trials = optuna.load_study(study_name="s", storage=stock).trials
+    assert [t.state for t in trials] == [State.COMPLETE] * 3
+    assert [t.params["x"] for t in trials] == [t.params["x"] for t in study.trials]
+
+
 def _running_trial(study: optuna.Study, started_ago: float, beat_ago: float | None) -> int:
     """A RUNNING trial as a process that died (or lives) would leave it."""
     start = dt.datetime.now() - dt.timedelta(seconds=started_ago)

@@ -105,6 +105,16 @@ def test_ui_is_quiet_and_prints_the_trials_address(server, directory) -> None:
     assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
 
 
+def test_ui_of_an_unknown_study_is_one_line_and_starts_nothing(server, directory, tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["ui", "tinny", "--tracking-uri", f"sqlite:///{directory / 'mlflow.db'}"])
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: study 'tinny' has no MLflow runs at sqlite:///{directory / 'mlflow.db'} "
+                             "(studies there: tiny)\n")
+    result = CliRunner().invoke(cli, ["ui", "tiny", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"])
+    assert result.exit_code == 2 and "(studies there: none)" in result.stderr
+    assert not (tmp_path / "none.db").exists()
+
+
 def test_ui_starts_one_server_process_and_one_worker(server, directory) -> None:
     _, process, _ = server
     servers = [pid for pid in _server_processes(f"sqlite:///{directory / 'mlflow.db'}") if pid != process.pid]

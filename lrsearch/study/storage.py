@@ -2,10 +2,10 @@
 
 Two kinds of Optuna storage, chosen by the URL:
 
-- a path ending in ``.journal`` (the default, ``lrsearch.journal``): Optuna's ``JournalStorage`` on a
-  ``JournalFileBackend``, an append-only file shared by the processes of one machine through file locks. A report
-  costs a fraction of a millisecond where SQLite's costs one or two. Optuna keeps no heartbeats there:
-  :mod:`lrsearch.study.heartbeat` does.
+- a path ending in ``.journal`` (the default, ``lrsearch.journal``): Optuna's ``JournalStorage`` on its journal
+  file format (:mod:`lrsearch.study.journal`), an append-only file shared by the processes of one machine through a
+  lock file. A report costs a fraction of a millisecond where SQLite's costs one or two. Optuna keeps no heartbeats
+  there: :mod:`lrsearch.study.heartbeat` does.
 - an SQLAlchemy URL (``sqlite:///…``, ``postgresql+psycopg://…``, ``mysql…``): Optuna's RDB storage with its own
   heartbeats, for studies shared by several machines.
 
@@ -116,12 +116,14 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
 
 
 def _open_journal(path: str, create: bool) -> optuna.storages.BaseStorage:
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalStorage
+
+    from lrsearch.study.journal import JournalFile
 
     if not create and not os.path.exists(path):
         raise StudyNotFoundError(f"no studies: storage {path!r} does not exist")
     try:
-        return JournalStorage(JournalFileBackend(path))
+        return JournalStorage(JournalFile(path))
     except (OSError, ValueError) as exc:  # unreadable, not a journal (a line that is not JSON)
         raise StorageError(f"cannot open storage {path!r}: {_first_line(exc)}") from None
 

@@ -17,6 +17,7 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from lrsearch.errors import TrackingError, UsageError
@@ -51,21 +52,42 @@ def study_views(uri: str, name: str | None = None) -> list[StudyView]:
     """
     from mlflow import MlflowClient
 
-    client = MlflowClient(uri)
-    experiments = [e.experiment_id for e in retry(lambda: client.search_experiments())]
-    parents = retry(lambda: client.search_runs(experiments, f"tags.`lrsearch.role` = '{STUDY_ROLE}'",
-                                               max_results=1000)) if experiments else []
-    views = {}
-    for run in parents:
-        study = run.data.tags.get("optuna.study_name", run.info.run_name)
-        views.setdefault(study, StudyView(study, run.info.experiment_id, run.data.params.get("metric", "val_loss"),
-                                          run.data.params.get("direction", "minimize") == "minimize"))
+    if _missing_file(uri):
+        views: dict[str, StudyView] = {}
+    else:
+        client = MlflowClient(uri)
+        views = {v.study: v for v in _recorded(client)}
     if name is not None and name not in views:
         from lrsearch.study.storage import mask_password
 
         raise UsageError(f"study {name!r} has no MLflow runs at {mask_password(uri)} "
                          f"(studies there: {', '.join(sorted(views)) or 'none'})")
     return [views[name]] if name is not None else [views[k] for k in sorted(views)]
+
+
+def _missing_file(uri: str) -> bool:
+    """A SQLite store that does not exist yet (asking MLflow about it would create it)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(uri)
+    except ArgumentError:
+        return False
+    return parsed.get_backend_name() == "sqlite" and bool(parsed.database) and not os.path.exists(parsed.database)
+
+
+def _recorded(client: Any) -> list[StudyView]:
+    """One view per study with a parent run in any experiment of ``client``'s store (the oldest run wins)."""
+    experiments = [e.experiment_id for e in retry(lambda: client.search_experiments())]
+    parents = retry(lambda: client.search_runs(experiments, f"tags.`lrsearch.role` = '{STUDY_ROLE}'",
+                                               max_results=1000)) if experiments else []
+    views: dict[str, StudyView] = {}
+    for run in sorted(parents, key=lambda r: r.info.start_time):
+        study = run.data.tags.get("optuna.study_name", run.info.run_name)
+        views.setdefault(study, StudyView(study, run.info.experiment_id, run.data.params.get("metric", "val_loss"),
+                                          run.data.params.get("direction", "minimize") == "minimize"))
+    return list(views.values())
 
 
 def start_server(uri: str, host: str, port: int, log: str | None) -> subprocess.Popen:
