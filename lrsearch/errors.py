@@ -44,6 +44,10 @@ class TaskError(UsageError):
     """A task entrypoint that does not import, is not callable or does not return a Task."""
 
 
+class TrackingError(LrsearchError):
+    """The MLflow tracking store could not be opened or written."""
+
+
 class TrialRuntimeError(LrsearchError):
     """Training failed at run time in a way that stops the whole command."""
 

@@ -80,8 +80,14 @@ CASES = [
      "train.nproc_per_trial: must be a positive integer or 'auto' (got 0)"),
     ("batch not divisible by nproc", study(train={"batch_size": 63}), ["tune", "--nproc-per-trial", "2"],
      "train.batch_size 63 is not divisible by nproc_per_trial 2"),
-    ("show unknown study", None, ["show", "nope"], "storage 'sqlite:///lrsearch.db' does not exist"),
-    ("export unknown study", None, ["export", "nope"], "storage 'sqlite:///lrsearch.db' does not exist"),
+    ("show unknown study", None, ["show", "nope"], "storage 'lrsearch.journal' does not exist"),
+    ("export unknown study", None, ["export", "nope"], "storage 'lrsearch.journal' does not exist"),
+    ("sync unknown study", None, ["sync", "nope"], "storage 'lrsearch.journal' does not exist"),
+    ("show on sqlite, no file", None, ["show", "nope", "--storage", "sqlite:///lrsearch.db"],
+     "storage 'sqlite:///lrsearch.db' does not exist"),
+    ("journal in a missing directory", study(), ["tune", "--storage", "runs/lrsearch.journal"],
+     "storage URL 'runs/lrsearch.journal': directory"),
+    ("not a journal file", study(), ["tune", "--storage", "study.yaml"], "storage URL 'study.yaml' is malformed"),
     ("export bad format", None, ["export", "nope", "--format", "toml"], "--format 'toml' is not known"),
     ("show bad format", None, ["show", "nope", "--format", "xml"], "--format 'xml' is not known"),
 ]
@@ -114,4 +120,4 @@ def test_an_existing_study_is_listed_when_the_name_is_wrong(tmp_path: Path) -> N
     assert CliRunner().invoke(cli, ["tune", str(path), "--no-mlflow", "--no-progress"]).exit_code == 0
     result = CliRunner().invoke(cli, ["show", "tiyn"])
     assert result.exit_code == 2
-    assert result.stderr == "error: study 'tiyn' not found in sqlite:///lrsearch.db (studies: tiny)\n"
+    assert result.stderr == "error: study 'tiyn' not found in lrsearch.journal (studies: tiny)\n"

@@ -1,4 +1,5 @@
-"""Several workers on one study: SQLite with --workers 4, and a real PostgreSQL server with two commands."""
+"""Several workers on one study: a journal file and SQLite with --workers 4, and a real PostgreSQL server with two
+commands."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import optuna
 import pytest
 from conftest import tiny_study, write_study
 from mlflow import MlflowClient
+
+from lrsearch.study.storage import load_study
 
 pytestmark = pytest.mark.slow
 State = optuna.trial.TrialState
@@ -29,18 +32,19 @@ def _check_counts(study: optuna.Study, n_trials: int) -> list[optuna.trial.Froze
     return [t for t in trials if t.state in (State.COMPLETE, State.PRUNED)]
 
 
-def test_sqlite_with_four_workers(tmp_path) -> None:
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_four_workers(tmp_path, kind: str) -> None:
     study = tiny_study(budget={"n_trials": 12, "epochs": 3}, sampler={"name": "prior", "seed": 0},
                        pruner={"name": "halving"})  # the default search: its portfolio and budget shared by workers
     path = write_study(tmp_path, study)
-    storage = f"sqlite:///{tmp_path / 'lrsearch.db'}"
+    storage = str(tmp_path / "lrsearch.journal") if kind == "journal" else f"sqlite:///{tmp_path / 'lrsearch.db'}"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = subprocess.run([sys.executable, "-m", "lrsearch", "tune", str(path), "--workers", "4", "--storage",
                              storage, "--tracking-uri", uri, "--no-progress"], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr
     assert "top trials of tiny" in result.stdout
-    study = optuna.load_study(study_name="tiny", storage=storage)
+    study = load_study("tiny", storage)
     done = _check_counts(study, 12)
     portfolio = sorted(t.user_attrs["portfolio"] for t in study.trials if "portfolio" in t.user_attrs)
     assert portfolio == ["adam", "momentum-cosine"]  # queued once by the launcher, each run by one worker
@@ -57,6 +61,13 @@ def test_sqlite_with_four_workers(tmp_path) -> None:
         assert run.info.status == expected[trial.state.name]
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == len(trial.intermediate_values)
+    # Workers finish trials out of number order; best_value is still the optimization history by trial number.
+    improving, best = {}, None
+    for trial in sorted(done, key=lambda t: t.number):
+        if trial.state == State.COMPLETE and (best is None or trial.value < best):
+            best = improving[trial.number] = trial.value
+    history = client.get_metric_history(parents[0].info.run_id, "best_value")
+    assert sorted((m.step, m.value) for m in history) == sorted(improving.items())
 
 
 def _postgres_reachable() -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 import click
 
 from lrsearch import __version__
+from lrsearch.cli.options import check_format, format_option, stop_on_first_signal, storage_option, tracking_uri_option
+from lrsearch.cli.tracking import sync, ui
 from lrsearch.errors import Interrupted, LrsearchError
 
 EXIT_SIGINT = 130
@@ -62,17 +63,6 @@ def cli(debug: bool) -> None:
     """Search optimizers, learning rates and betas for a PyTorch task with Optuna."""
 
 
-storage_option = click.option(
-    "--storage", metavar="URL", default=None,
-    help="Optuna storage (default: $LRSEARCH_STORAGE, else sqlite:///lrsearch.db here).",
-)
-tracking_uri_option = click.option(
-    "--tracking-uri", metavar="URI", default=None,
-    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default, sqlite:///mlflow.db here).",
-)
-format_option = click.option("--format", "fmt", default="table", metavar="table|json", help="Output format.")
-
-
 @cli.command()
 @click.argument("study_file", metavar="STUDY.yaml")
 @click.option("--n-trials", type=int, help="Total trials of the study (complete + pruned).")
@@ -110,7 +100,7 @@ def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: flo
     from lrsearch.config.overrides import Overrides
     from lrsearch.training.devices import parse_workers
 
-    _stop_on_first_signal()
+    stop_on_first_signal()
     count = parse_workers(workers)
     overrides = Overrides(n_trials=n_trials, epochs=epochs, timeout=timeout, sampler=sampler, pruner=pruner,
                           seed=seed, device=device, nproc_per_trial=nproc_per_trial, lr_range=lr_range,
@@ -210,7 +200,7 @@ def show(name: str, storage: str | None, fmt: str) -> None:
     from lrsearch.study.results import study_json
     from lrsearch.study.storage import load_study, storage_url
 
-    _check_format(fmt, ("table", "json"))
+    check_format(fmt, ("table", "json"))
     study = load_study(name, storage_url(storage))
     if fmt == "json":
         click.echo(json.dumps(study_json(study), indent=2))
@@ -229,7 +219,7 @@ def studies(storage: str | None, fmt: str) -> None:
     from lrsearch.study.results import studies_rows
     from lrsearch.study.storage import storage_url
 
-    _check_format(fmt, ("table", "json"))
+    check_format(fmt, ("table", "json"))
     rows = studies_rows(storage_url(storage))
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
@@ -250,7 +240,7 @@ def export(name: str, storage: str | None, fmt: str, trial_number: int | None, o
     from lrsearch.study.storage import load_study, storage_url
     from lrsearch.tracking.export import FORMATS, render, trial_config
 
-    _check_format(fmt, FORMATS)
+    check_format(fmt, FORMATS)
     study = load_study(name, storage_url(storage))
     if trial_number is None:
         trial = best_trial(study)
@@ -265,42 +255,6 @@ def export(name: str, storage: str | None, fmt: str, trial_number: int | None, o
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
-
-
-@cli.command()
-@tracking_uri_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; others can reach it if not "
-              "localhost.")
-@click.option("--port", type=int, default=5000, show_default=True)
-def ui(tracking_uri: str | None, host: str, port: int) -> None:
-    """Open the MLflow UI on the store lrsearch tracks to."""
-    import subprocess
-
-    from lrsearch.tracking.tracker import tracking_uri as resolve_uri
-
-    uri = resolve_uri(tracking_uri)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: binding {host}: the MLflow UI has no authentication and anyone who can reach this "
-                   "address can read and change your runs", err=True)
-    from lrsearch.study.storage import mask_password
-
-    click.echo(f"MLflow UI for {mask_password(uri)} at http://{'localhost' if host == '127.0.0.1' else host}:{port}")
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-               "--port", str(port)]
-    _stop_on_first_signal()
-    # Its own process group: the MLflow server starts workers of its own, and all of them go when we do.
-    process = subprocess.Popen(command, start_new_session=True)
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:
-        from lrsearch.distributed.processes import stop_processes
-
-        stop_processes([process], grace=10.0, group=True)
-        raise
-    if code != 0:
-        from lrsearch.errors import TrialRuntimeError
-
-        raise TrialRuntimeError(f"the MLflow server exited with code {code}")
 
 
 @cli.command("lr-find")
@@ -326,7 +280,7 @@ def lr_find(study_file: str, optimizers: tuple[str, ...], start: float, end: flo
     from lrsearch.training.prepared import prepare
     from lrsearch.training.threads import configure_threads
 
-    _check_format(fmt, ("table", "json"))
+    check_format(fmt, ("table", "json"))
     spec = resolve_spec(study_file)
     prepared = prepare(spec)
     configure_threads(spec.train.threads)
@@ -358,26 +312,8 @@ def lr_find(study_file: str, optimizers: tuple[str, ...], start: float, end: flo
     Console().print(table)
 
 
-def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
-    from lrsearch.errors import UsageError
-
-    if fmt not in allowed:
-        raise UsageError(f"--format {fmt!r} is not known (allowed: {', '.join(allowed)})")
-
-
-def _stop_on_first_signal() -> None:
-    """Ctrl-C and SIGTERM interrupt tune once: the running trial fails and every run is closed. A second signal
-    during that clean-up is ignored rather than breaking it half way."""
-    received: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        if received:
-            return
-        received.append(signum)
-        raise Interrupted() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+cli.add_command(sync)
+cli.add_command(ui)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,6 +62,9 @@ class ProgressDisplay:
         self._epochs: TaskID | None = None
         self._best = ""
 
+    def study_finished(self, study: optuna.Study, spec: StudySpec) -> None:
+        """Nothing to show: ``tune`` says the study is finished."""
+
     def study_started(self, study: optuna.Study, spec: StudySpec) -> None:
         if not self.enabled:
             return

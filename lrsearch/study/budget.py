@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from lrsearch.study.heartbeat import fail_stale_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -40,7 +42,7 @@ def count_free_slots(study: optuna.Study, n_trials: int) -> int | None:
     return max(1, n_trials - done - running)
 
 
-def open_slots(study: optuna.Study, budget: Budget) -> Iterator[int]:
+def open_slots(study: optuna.Study, storage: Any, budget: Budget) -> Iterator[int]:
     """Yield how many trials this process may start, each time it may start some, until the study's budget
     (``n_trials``, ``timeout``) is spent. While every free slot is taken, it waits and fails trials whose process
     died (their heartbeat is stale), which Optuna then queues for retry."""
@@ -53,16 +55,7 @@ def open_slots(study: optuna.Study, budget: Budget) -> Iterator[int]:
             yield free
         else:
             time.sleep(POLL_SECONDS)
-            fail_stale_trials(study)
-
-
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail the running trials whose heartbeat is stale (their process died); the storage's callback retries them."""
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+            fail_stale_trials(study, storage)
 
 
 def ask_within_budget(study: optuna.Study, count: int, n_trials: int) -> list[optuna.Trial]:

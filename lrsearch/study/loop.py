@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import TaskError, TrialRuntimeError
 from lrsearch.study.algorithms import PruningPoints
-from lrsearch.study.budget import ask_within_budget, fail_stale_trials, open_slots
-from lrsearch.study.heartbeat import heartbeats
+from lrsearch.study.budget import ask_within_budget, open_slots
+from lrsearch.study.heartbeat import fail_stale_trials, heartbeats
 from lrsearch.study.trials import EpochReporter, finish_trial, start_trial
 from lrsearch.training.memory import PeakMemory, is_out_of_memory, release_memory
 from lrsearch.training.trial import SINGLE_PROCESS, TrialSettings
@@ -89,8 +89,8 @@ def run_study(study: optuna.Study, storage: Any, prepared: Prepared, observers: 
     trainer = TrialTrainer(prepared, collective)
     points = PruningPoints(study.pruner, prepared.spec.budget.epochs)
     failures = out_of_memory = 0
-    for free in open_slots(study, prepared.spec.budget):
-        fail_stale_trials(study)  # a dead process's trials are failed and queued for retry: they come first
+    for free in open_slots(study, storage, prepared.spec.budget):
+        fail_stale_trials(study, storage)  # a dead process's trials are failed and queued for retry: they come first
         trials = ask_within_budget(study, min(trainer.batch, free), prepared.spec.budget.n_trials)
         if not trials:
             continue
@@ -116,17 +116,23 @@ def _train_and_tell(study: optuna.Study, storage: Any, trainer: TrialTrainer, tr
     """One step: start the trials, train them, finish each; returns the exception that failed them, if any."""
     spec = trainer.prepared.spec
     training = _training_record(trainer, trials)
-    configs = [start_trial(study, trial, spec, trainer.settings, training, observers) for trial in trials]
     hooks = [EpochReporter(trial, spec.objective, observers, points) for trial in trials]
     memory = PeakMemory(trainer.prepared.device)  # K stacked trials share one peak: they train as one model
+    configs: list[dict[str, Any]] = []
     try:
+        # The first beat at once, before the configuration is sampled and recorded: a process killed from here on
+        # leaves a trial that goes stale, and is retried, instead of one that RDB storages keep RUNNING for ever.
         with heartbeats(storage, study, trials), memory:
+            for trial in trials:
+                configs.append(start_trial(study, trial, spec, trainer.settings, training, observers))
             outcomes = trainer.train([t.number for t in trials], configs, hooks)
     except BaseException as exc:
         if is_out_of_memory(exc):
             release_memory(exc, trainer.prepared.device)  # before the next trial asks for it again
-        for trial in trials:
-            finish_trial(study, trial, spec.objective, observers, error=exc, peak_memory_mb=memory.mb)
+        for index, trial in enumerate(trials):
+            # Observers hear of the end of the trials they heard start of.
+            finish_trial(study, trial, spec.objective, observers if index < len(configs) else [], error=exc,
+                         peak_memory_mb=memory.mb)
         if isinstance(exc, TaskError) or not isinstance(exc, Exception):
             raise  # a task that cannot train, Ctrl-C, SIGTERM: the study stops here
         trainer.recover()

@@ -54,6 +54,8 @@ def run_tune(
     study = create_study(spec, opened, study_name or spec.name)
     finished = count_trials(study) >= spec.budget.n_trials
     if finished and launch is None:
+        for observer in observers or []:
+            observer.study_finished(study, spec)
         return study, False
     # Every rank and every worker on this machine shares its cores.
     configure_threads(spec.train.threads, workers=launch["local_world_size"] if launch else workers * nproc,

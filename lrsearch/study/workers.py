@@ -85,6 +85,8 @@ def tune_with_workers(
     ranks_per_trial(spec, prepared.device, None)  # the checks each worker would fail alike, said once here
     study = create_study(spec, open_storage(url), study_name or spec.name)
     if count_trials(study) >= spec.budget.n_trials:
+        if tracker is not None:
+            tracker.study_finished(study, spec)
         return study, False
     narrow_lr_ranges(study, prepared)  # before the workers start, so they all search the same space
     _release(prepared)

@@ -1,12 +1,15 @@
 """The tracking process, ``python -m lrsearch.tracking.process FD``: applies the tune process's messages to MLflow.
 
 Every message is a tuple ``(kind, *args)`` from :class:`~lrsearch.tracking.tracker.MlflowTracker`; each kind has
-one handler here. If the tune process goes away (its end of the socket closes), every run it left open is ended
-as FAILED, so no run stays RUNNING.
+one handler here. Once the parent run is open (and the tune process told so), MLflow is reconciled with the study
+(:func:`~lrsearch.tracking.mirror.reconcile`) while the first trial trains; again when the study ends. If the tune
+process goes away (its end of the socket closes), every run it left open is ended as FAILED, so no run stays
+RUNNING.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import time
@@ -32,8 +35,10 @@ class TrackingProcess:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.recorder: Recorder | None = None
-        self.storage = ""
+        self.study: optuna.Study | None = None
+        self.storage: Any = None
         self.owns_parent = True
+        self.best: float | None = None
         self.last_flush = time.monotonic()
         self.done = False
 
@@ -47,28 +52,38 @@ class TrackingProcess:
                     continue
                 kind, *args = self.conn.recv()
                 getattr(self, f"on_{kind}")(*args)
-        except EOFError:
-            pass  # the tune process is gone: fall through and close what it left open
+        except (EOFError, ConnectionResetError):
+            pass  # the tune process is gone (closed, or killed mid-message): close what it left open
         except Exception:
             traceback.print_exc()
         self.abandon()
 
     def on_open(self, uri: str | None, experiment: str, study_name: str, storage: str, masked: str,
                 parent_id: str | None, spec: dict[str, Any], source: str | None,
-                lr_ranges: dict[str, list[float]] | None, owns_parent: bool) -> None:
+                lr_ranges: dict[str, list[float]] | None, owns_parent: bool, n_trials: int) -> None:
+        from lrsearch.study.storage import load_study, open_storage
         from lrsearch.tracking.recorder import Recorder
 
-        self.storage, self.owns_parent = storage, owns_parent
+        self.owns_parent = owns_parent
         try:
-            self.recorder = Recorder(tracking_uri(uri), experiment, study_name, storage)
-            run_id = self.recorder.open_parent(parent_id, spec, masked, source, lr_ranges)
-            self.recorder.close_orphaned_runs(_load_study(study_name, storage))
+            self.storage = open_storage(storage)  # opened once: a journal is read from its start on opening
+            self.study = load_study(study_name, storage, self.storage)
+            self.recorder = Recorder(tracking_uri(uri), experiment, study_name)
+            run_id = self.recorder.open_parent(parent_id, spec, masked, source, lr_ranges, n_trials)
         except Exception as exc:
-            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            self.conn.send(("error", f"cannot record to MLflow at {mask_password(tracking_uri(uri))}: {first_line}"))
+            self.conn.send(("error", f"cannot record to MLflow at {mask_password(tracking_uri(uri))}: "
+                                     f"{_first_line(exc)}"))
             self.recorder, self.done = None, True
             return
         self.conn.send(("parent", run_id))
+        self.best = _best_value(self.study)
+        from lrsearch.tracking.mirror import reconcile
+
+        try:  # while the tune process trains
+            reconcile(self.recorder, self.study, self.storage, parent=False)
+        except Exception as exc:  # the live record goes on; the study's end or `lrsearch sync` tries again
+            print(f"warning: MLflow was not brought level with study {study_name}: {_first_line(exc)}",
+                  file=sys.stderr)
 
     def on_trial_started(self, number: int, config: dict[str, Any], training: dict[str, Any]) -> None:
         self.conn.send(("run", number, self.recorder.trial_started(number, config, training)))
@@ -81,10 +96,20 @@ class TrackingProcess:
 
     def on_trial_ended(self, number: int, state: str, tags: dict[str, str], value: float | None,
                        minimize: bool) -> None:
-        self.recorder.trial_ended(number, state, tags, value, minimize)
+        self.recorder.trial_ended(number, state, tags)
+        if state != "COMPLETE" or value is None or not math.isfinite(value):
+            return
+        if self.best is None or (value < self.best if minimize else value > self.best):
+            from lrsearch.tracking.mirror import log_best_values
+
+            # The tune process tells Optuna of this trial after sending this: its value comes with the message.
+            self.best = value
+            log_best_values(self.recorder, self.study, pending={number: value})
 
     def on_study_ended(self, status: str, owns_parent: bool) -> None:
-        self.recorder.study_ended(_load_study(self.recorder.study_name, self.storage), status, owns_parent)
+        from lrsearch.tracking.mirror import reconcile
+
+        reconcile(self.recorder, self.study, self.storage, parent=owns_parent, status=status if owns_parent else None)
         self.recorder, self.done = None, True
         self.conn.send(("closed",))
 
@@ -92,18 +117,23 @@ class TrackingProcess:
         """The tune process stopped without ending the study: nothing it started may stay RUNNING."""
         if self.recorder is None:
             return
-        self.recorder.close_open_runs("FAILED", "the tune process stopped")
+        self.recorder.close_open_runs("FAILED")
         if self.recorder.parent_run_id is not None and self.owns_parent:
             self.recorder.client.set_terminated(self.recorder.parent_run_id, status="FAILED")
 
 
-def _load_study(name: str, storage: str) -> optuna.Study:
-    import optuna
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
-    from lrsearch.study.storage import quiet_optuna
 
-    quiet_optuna()
-    return optuna.load_study(study_name=name, storage=storage)
+def _best_value(study: optuna.Study) -> float | None:
+    from lrsearch.errors import LrsearchError
+    from lrsearch.study.results import best_trial
+
+    try:
+        return best_trial(study).value
+    except LrsearchError:
+        return None
 
 
 if __name__ == "__main__":

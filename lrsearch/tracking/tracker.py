@@ -6,7 +6,8 @@ writing (:mod:`lrsearch.tracking.recorder`). The training process never imports 
 tracking store, except to learn a trial's run id at the trial's end (normally already there).
 
 If the tune process is killed, the tracking process sees its socket close and ends every open run as FAILED, so
-no run is left RUNNING; runs of a machine that died are closed by the next ``tune`` of the study.
+no run is left RUNNING. When both die at once (the whole process group killed, a machine lost), the next ``tune``
+of the study, or ``lrsearch sync``, brings MLflow level with the study (:mod:`lrsearch.tracking.mirror`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import time
 from multiprocessing.connection import Connection, Pipe
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.errors import LrsearchError
+from lrsearch.errors import TrackingError
 from lrsearch.study.storage import mask_password
 from lrsearch.study.trials import fail_reason
+from lrsearch.tracking.runs import PARENT_ATTR, RUN_ATTR, result_tags
 
 if TYPE_CHECKING:
     import optuna
@@ -28,14 +30,9 @@ if TYPE_CHECKING:
     from lrsearch.config.spec import StudySpec
     from lrsearch.training.trial import EpochMetrics, TrialOutcome
 
-PARENT_ATTR = "mlflow_parent_run_id"
-RUN_ATTR = "mlflow_run_id"
+__all__ = ["PARENT_ATTR", "RUN_ATTR", "MlflowTracker", "TrackingError", "tracking_uri"]
 START_TIMEOUT = 300.0
 """Seconds to wait for the tracking process to open the parent run (a new SQLite store migrates its schema)."""
-
-
-class TrackingError(LrsearchError):
-    """The MLflow tracking store could not be opened or written."""
 
 
 def tracking_uri(uri: str | None) -> str:
@@ -73,7 +70,8 @@ class MlflowTracker:
         experiment = spec.mlflow.experiment or self.experiment or study.study_name
         self._send("open", self.uri, experiment, study.study_name, self.storage_url,
                    mask_password(self.storage_url), study.user_attrs.get(PARENT_ATTR),
-                   spec.model_dump(mode="json"), spec.source, study.user_attrs.get("lr_ranges"), self.owns_parent)
+                   spec.model_dump(mode="json"), spec.source, study.user_attrs.get("lr_ranges"), self.owns_parent,
+                   spec.budget.n_trials)
         reply = self._reply("parent", START_TIMEOUT)
         study.set_user_attr(PARENT_ATTR, reply[1])
 
@@ -89,16 +87,11 @@ class MlflowTracker:
                     error: BaseException | None) -> None:
         import optuna
 
-        tags = {"state": state, "diverged": str(bool(outcome and outcome.diverged)).lower(),
-                "pruned": str(state == "PRUNED").lower()}
-        if outcome is not None:
-            tags["optimizer_impl"] = outcome.implementation
-            if outcome.stopped:
-                tags["stopped"] = f"{outcome.stopped} at epoch {outcome.stopped_epoch}"
-            if outcome.skipped_steps:
-                tags["skipped_steps"] = str(outcome.skipped_steps)
-        if error is not None:
-            tags["fail_reason"] = fail_reason(error)[:4000]
+        tags = result_tags(state, diverged=bool(outcome and outcome.diverged),
+                           implementation=outcome.implementation if outcome else None,
+                           stopped_epoch=outcome.stopped_epoch if outcome and outcome.stopped else None,
+                           skipped_steps=outcome.skipped_steps if outcome else 0,
+                           fail_reason=fail_reason(error) if error is not None else None)
         value = outcome.value if outcome is not None else None
         minimize = trial.study.direction == optuna.study.StudyDirection.MINIMIZE
         peak = trial.user_attrs.get("peak_memory_mb")  # finish_trial records it before telling observers
@@ -110,6 +103,14 @@ class MlflowTracker:
         run_id = self._run_id(trial.number)
         if run_id is not None:
             trial.set_user_attr(RUN_ATTR, run_id)
+
+    def study_finished(self, study: optuna.Study, spec: StudySpec) -> None:
+        """The study was finished before this ``tune`` started: bring MLflow level with it, as ``lrsearch sync``
+        does (in this process: nothing trains here)."""
+        from lrsearch.tracking.mirror import sync_study
+
+        sync_study(study.study_name, self.storage_url, tracking_uri(self.uri), experiment=self.experiment,
+                   n_trials=spec.budget.n_trials, parent=self.owns_parent)
 
     def study_ended(self, study: optuna.Study, error: BaseException | None = None) -> None:
         if self._conn is None:

@@ -9,7 +9,7 @@ Used from a study file (the module is found next to the study file)::
     task: {function: "own_loop:train", args: {hidden: 64}}
 
 Example:
-    >>> from lrsearch.function_mode import run_function_trial
+    >>> from lrsearch.training.function_mode import run_function_trial
     >>> outcome = run_function_trial(train, spec, config, settings)  # what each trial does
 """
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from lrsearch.function_mode import TrialContext
+    from lrsearch import TrialContext
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,0 +1,319 @@
+"""MLflow mirrors the study: after a kill of the whole process group at any moment, one rerun or one
+``lrsearch sync`` leaves no run RUNNING, none missing, none with a wrong status; and reconciling twice changes
+nothing. Real journal storage, real SQLite MLflow stores, real processes and signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from conftest import tiny_study, write_study
+from mlflow import MlflowClient
+
+from lrsearch.cli import cli
+from lrsearch.study.budget import BUDGET_TAKEN
+from lrsearch.study.storage import load_study
+from lrsearch.tracking.runs import PARENT_ATTR
+
+State = optuna.trial.TrialState
+STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def _runs(client: MlflowClient) -> list:
+    return client.search_runs([client.get_experiment_by_name("tiny").experiment_id], max_results=1000)
+
+
+def improving(trials: list[optuna.trial.FrozenTrial]) -> dict[int, float]:
+    """The optimization history against the trial number: each complete trial that beat every earlier one."""
+    points, best = {}, None
+    for trial in sorted(trials, key=lambda t: t.number):
+        if trial.state == State.COMPLETE and not trial.user_attrs.get("diverged") and (best is None or
+                                                                                         trial.value < best):
+            best = points[trial.number] = trial.value
+    return points
+
+
+def assert_mirrors(storage: str, uri: str, parent_status: str = "FINISHED") -> optuna.Study:
+    """Every started trial has exactly one child run with its status, result tags, params and final metrics;
+    no run is RUNNING; the parent holds the study's best_value history, best configuration and plots."""
+    study = load_study("tiny", storage)
+    client = MlflowClient(uri)
+    runs = _runs(client)
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    parents = [r for r in runs if r.data.tags.get("lrsearch.role") == "study"]
+    assert len(parents) == 1 and parents[0].info.run_id == study.user_attrs[PARENT_ATTR]
+    parent = parents[0]
+    children: dict[int, list] = {}
+    for run in runs:
+        if run.data.tags.get("lrsearch.role") == "trial":
+            children.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
+    started = [t for t in study.trials if t.state.is_finished() and t.user_attrs.get("fail_reason") != BUDGET_TAKEN]
+    assert sorted(children) == sorted(t.number for t in started)  # none missing, none extra
+    for trial in started:
+        assert len(children[trial.number]) == 1, trial.number
+        run = children[trial.number][0]
+        assert run.info.run_name == f"trial-{trial.number}"
+        assert run.info.status == STATUS[trial.state.name], (trial.number, trial.state, run.info.status)
+        assert run.data.tags["state"] == trial.state.name and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        if trial.state != State.FAIL:
+            assert run.data.metrics["val_loss"] == pytest.approx(trial.user_attrs["val_loss"])
+            assert run.data.tags["optimizer_impl"] == trial.user_attrs["optimizer_impl"]
+        assert float(run.data.params["lr"]) == trial.user_attrs["config"]["params"]["lr"]
+    history = client.get_metric_history(parent.info.run_id, "best_value")
+    assert {m.step: m.value for m in history} == pytest.approx(improving(study.trials))
+    assert len(history) == len(improving(study.trials))  # one point per improving trial, at its number
+    assert parent.info.status == parent_status
+    assert parent.data.tags["best.trial"] == str(study.best_trial.number)
+    best = json.loads(Path(client.download_artifacts(parent.info.run_id, "best_optimizer.json")).read_text())
+    assert best["source"]["trial"] == study.best_trial.number
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/optimization_history.png", "plots/objective_vs_lr.png", "plots/param_importances.png"}
+    return study
+
+
+def test_best_value_points_are_the_improving_trials_as_far_as_every_earlier_one_finished() -> None:
+    from lrsearch.tracking.mirror import best_value_points
+
+    def trial(number: int, state: State, value: float | None = None, **attrs) -> optuna.trial.FrozenTrial:
+        made = optuna.trial.create_trial(state=state, value=value, user_attrs=attrs)
+        made.number = number
+        return made
+
+    trials = [trial(0, State.COMPLETE, 1.0), trial(1, State.COMPLETE, 2.0), trial(2, State.PRUNED, 0.1, diverged=True),
+              trial(3, State.RUNNING), trial(4, State.COMPLETE, 0.5), trial(5, State.FAIL)]
+    assert {n: v for n, (v, _) in best_value_points(trials, minimize=True).items()} == {0: 1.0}  # 3 may improve
+    points = best_value_points(trials, minimize=True, pending={3: 0.8})  # 3 is told after the tracker hears
+    assert {n: v for n, (v, _) in points.items()} == {0: 1.0, 3: 0.8, 4: 0.5}
+    assert list(best_value_points(trials, minimize=False, pending={3: 0.8})) == [0, 1]
+
+
+def _snapshot(client: MlflowClient) -> list:
+    """Everything a reconciliation could change, run by run."""
+    out = []
+    for run in sorted(_runs(client), key=lambda r: r.info.run_id):
+        histories = {k: [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run.info.run_id, k)]
+                     for k in run.data.metrics}
+        artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id))
+        out.append((run.info.run_id, run.info.status, run.info.end_time, run.data.tags, run.data.params,
+                    histories, artifacts))
+    return out
+
+
+def test_sync_repairs_a_damaged_mirror_and_twice_changes_nothing(tmp_path) -> None:
+    path = write_study(tmp_path, tiny_study(budget={"n_trials": 4, "epochs": 2}, sampler={"name": "random",
+                                                                                          "seed": 1}))
+    storage, uri = str(tmp_path / "lrsearch.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = CliRunner().invoke(cli, ["tune", str(path), "--tracking-uri", uri, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    study = assert_mirrors(storage, uri)
+    client = MlflowClient(uri)
+    # What a kill leaves: a run gone, one RUNNING without its result tags, the parent RUNNING without its best.
+    by_name = {r.info.run_name: r for r in _runs(client)}
+    client.delete_run(by_name["trial-1"].info.run_id)
+    client.update_run(by_name["trial-2"].info.run_id, status="RUNNING")
+    client.delete_tag(by_name["trial-2"].info.run_id, "state")
+    client.update_run(study.user_attrs[PARENT_ATTR], status="RUNNING")
+    client.delete_tag(study.user_attrs[PARENT_ATTR], "best.trial")
+    client.delete_tag(study.user_attrs[PARENT_ATTR], "lrsearch.mirrored")
+
+    result = CliRunner().invoke(cli, ["sync", "tiny", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (f"study tiny: MLflow at {uri} matches its 4 finished trials (1 runs created, 1 repaired, "
+                             "0 duplicates removed); parent run FINISHED\n")
+    assert_mirrors(storage, uri)
+    before = _snapshot(client)
+    result = CliRunner().invoke(cli, ["sync", "tiny", "--tracking-uri", uri])
+    assert result.exit_code == 0 and "(nothing to change)" in result.stdout
+    assert _snapshot(client) == before
+
+
+def test_sync_of_a_study_never_tracked_creates_the_whole_mirror(tmp_path) -> None:
+    path = write_study(tmp_path, tiny_study(budget={"n_trials": 3, "epochs": 1}))
+    assert CliRunner().invoke(cli, ["tune", str(path), "--no-mlflow", "--no-progress"]).exit_code == 0
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = CliRunner().invoke(cli, ["sync", "tiny", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert "(3 runs created, 0 repaired" in result.stdout
+    study = assert_mirrors(str(tmp_path / "lrsearch.journal"), uri)
+    run = next(r for r in _runs(MlflowClient(uri)) if r.info.run_name == "trial-0")
+    # The epochs' objective comes back from Optuna's intermediate values, at the trial's epochs.
+    assert [m.value for m in MlflowClient(uri).get_metric_history(run.info.run_id, "val_loss")] == \
+        pytest.approx(list(study.trials[0].intermediate_values.values()))
+
+
+def test_sync_errors_are_one_line(tmp_path) -> None:
+    path = write_study(tmp_path, tiny_study(budget={"n_trials": 1, "epochs": 1}))
+    assert CliRunner().invoke(cli, ["tune", str(path), "--no-mlflow", "--no-progress"]).exit_code == 0
+    result = CliRunner().invoke(cli, ["sync", "tinny"])
+    assert result.exit_code == 2 and result.stderr == "error: study 'tinny' not found in lrsearch.journal " \
+                                                      "(studies: tiny)\n"
+    (tmp_path / "not-a-dir").write_text("")
+    result = CliRunner().invoke(cli, ["sync", "tiny", "--tracking-uri", f"sqlite:///{tmp_path}/not-a-dir/m.db"])
+    assert result.exit_code == 1 and result.stderr.startswith("error: cannot record to MLflow at sqlite:///")
+    assert result.stderr.count("\n") == 1
+
+
+# -- the kill at every moment ----------------------------------------------------------------------------------
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append((int(entry), cmdline))
+    return found
+
+
+def _tracking_process(pid: int) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for child, cmdline in _children(pid):
+            if "lrsearch.tracking.process" in cmdline:
+                return child
+        time.sleep(0.05)
+    pytest.fail("no tracking process")
+
+
+def _wait(process: subprocess.Popen, what: str, condition, timeout: float = 240, every: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"tune exited with {process.returncode} before {what}"
+        if condition():
+            return
+        time.sleep(every)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+class _Study:
+    """One study that a run of ``tune`` after another extends by two trials, each killed at its own moment."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        spec = tiny_study(budget={"n_trials": 3, "epochs": 6}, train={"batch_size": 16, "seed": 0},
+                          search={"optimizers": ["adam", "momentum"]})
+        self.path = write_study(tmp_path, spec)
+        self.storage, self.uri = str(tmp_path / "lrsearch.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+        self.finished: dict[int, tuple[str, float | None]] = {}
+        self.journal: optuna.storages.BaseStorage | None = None
+
+    def command(self, n_trials: int) -> list[str]:
+        return [sys.executable, "-m", "lrsearch", "tune", str(self.path), "--n-trials", str(n_trials),
+                "--tracking-uri", self.uri, "--no-progress"]
+
+    def start(self, n_trials: int) -> subprocess.Popen:
+        return subprocess.Popen(self.command(n_trials), start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
+    def trials(self) -> list[optuna.trial.FrozenTrial]:
+        if self.journal is None and os.path.exists(self.storage):  # one reader, which reads only what is new
+            self.journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(self.storage))
+        if self.journal is None:
+            return []
+        try:
+            return optuna.load_study(study_name="tiny", storage=self.journal).get_trials(deepcopy=False)
+        except KeyError:
+            return []
+
+    def done(self) -> int:
+        return sum(t.state in (State.COMPLETE, State.PRUNED) for t in self.trials())
+
+    def run_of(self, number: int) -> bool:
+        """Trial ``number``'s run exists with its params (the tracking process has answered its start)."""
+        try:
+            client = MlflowClient(self.uri)
+            runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                                      f"tags.`optuna.trial_number` = '{number}'")
+        except Exception:
+            return False
+        return bool(runs) and bool(runs[0].data.params)
+
+    def kill(self, process: subprocess.Popen) -> None:
+        os.killpg(process.pid, signal.SIGKILL)  # tune, its tracking process and all: nothing cleans up
+        process.wait()
+
+    def rerun(self, n_trials: int) -> str:
+        result = subprocess.run(self.command(n_trials), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def sync(self) -> str:
+        result = CliRunner().invoke(cli, ["sync", "tiny", "--tracking-uri", self.uri])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    def check(self) -> None:
+        """The mirror is right, and no trial that had finished was lost or changed."""
+        study = assert_mirrors(self.storage, self.uri)
+        now = {t.number: (t.state.name, t.value) for t in study.trials if t.state.is_finished()}
+        assert {n: now.get(n) for n in self.finished} == self.finished
+        self.finished = now
+
+
+@pytest.mark.slow
+def test_a_kill_of_the_whole_group_at_any_moment_is_repaired_by_one_rerun_or_one_sync(tmp_path) -> None:
+    study = _Study(tmp_path)
+
+    # 1. Inside a trial (epochs reported, not finished); one rerun.
+    process = study.start(3)
+    _wait(process, "a trial mid-way", lambda: study.done() >= 1 and any(
+        t.state == State.RUNNING and len(t.intermediate_values) >= 2 for t in study.trials()))
+    killed = next(t.number for t in study.trials() if t.state == State.RUNNING)
+    study.kill(process)
+    study.rerun(3)
+    assert next(t for t in study.trials() if t.number == killed).state == State.FAIL
+    assert any(t.system_attrs.get("failed_trial") == killed for t in study.trials())  # its parameters retried
+    study.check()
+
+    # 2. Between Optuna's tell and the MLflow write, at the study's last trial; one sync.
+    process = study.start(5)
+    tracking = _tracking_process(process.pid)
+    last = max(t.number for t in study.trials()) + 2  # the second trial this run asks for
+    _wait(process, f"trial {last}'s run", lambda: study.run_of(last), every=0.1)
+    time.sleep(0.3)  # the tracking process sends the run id right after writing the params
+    os.kill(tracking, signal.SIGSTOP)  # it writes nothing more: Optuna is told, MLflow is not
+    _wait(process, f"trial {last} told", lambda: study.done() == 5)
+    study.kill(process)
+    run = next(r for r in _runs(MlflowClient(study.uri)) if r.info.run_name == f"trial-{last}")
+    assert run.info.status == "RUNNING" and "val_loss" not in run.data.metrics  # MLflow was behind
+    assert "matches its" in study.sync()
+    study.check()
+
+    # 3. While the end of the study's artifacts are written (best configuration written, plots not yet); one sync.
+    process = study.start(7)
+    tracking = _tracking_process(process.pid)
+    client = MlflowClient(study.uri)
+    parent = load_study("tiny", study.storage).user_attrs[PARENT_ATTR]
+    artifacts = Path(urlparse(client.get_run(parent).info.artifact_uri).path)
+    best_mtime = (artifacts / "best_optimizer.json").stat().st_mtime
+    _wait(process, "best_optimizer.json rewritten", lambda: (
+        artifacts / "best_optimizer.json").stat().st_mtime != best_mtime and study.done() == 7, every=0.01)
+    os.kill(tracking, signal.SIGSTOP)
+    plots = {p.name: p.stat().st_mtime for p in (artifacts / "plots").iterdir()}
+    assert min(plots.values()) < (artifacts / "best_optimizer.json").stat().st_mtime  # plots not yet redrawn
+    study.kill(process)
+    assert client.get_run(parent).info.status == "RUNNING"
+    study.sync()
+    study.check()
+
+    # 4. Right after the last trial (the report of issue 14: a rerun said "finished" and left it all RUNNING).
+    process = study.start(9)
+    _wait(process, "the last trial told", lambda: study.done() == 9)
+    study.kill(process)
+    assert "is finished" in study.rerun(9)
+    study.check()
+    before = _snapshot(MlflowClient(study.uri))
+    assert "(nothing to change)" in study.sync()
+    assert _snapshot(MlflowClient(study.uri)) == before
