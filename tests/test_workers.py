@@ -48,6 +48,8 @@ def test_four_workers(tmp_path, kind: str) -> None:
     done = _check_counts(study, 12)
     portfolio = sorted(t.user_attrs["portfolio"] for t in study.trials if "portfolio" in t.user_attrs)
     assert portfolio == ["adam", "momentum-cosine"]  # queued once by the launcher, each run by one worker
+    # Every worker's sampler has the study's seed; each trial still draws its own configuration.
+    assert len({json.dumps(t.params, sort_keys=True) for t in done}) == len(done)
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])

@@ -73,10 +73,15 @@ class PriorSampler(optuna.samplers.BaseSampler):
 
     def __init__(self, distributions: dict[str, Any], seed: int | None = None) -> None:
         self.distributions = distributions
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def reseed_rng(self) -> None:
-        self.rng = np.random.default_rng()
+        self.seed = None
+
+    def _rng(self, trial: FrozenTrial) -> np.random.Generator:
+        """The trial's own random stream: from the seed and the trial's number, so that workers sharing a study (and
+        a seed) draw different trials, and a resumed study draws what an uninterrupted one would have."""
+        return np.random.default_rng(None if self.seed is None else (self.seed, trial.number))
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         return dict(self.distributions)
@@ -84,45 +89,48 @@ class PriorSampler(optuna.samplers.BaseSampler):
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
         finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                     if t.value is not None and math.isfinite(t.value)]
-        if not finished or self.rng.random() < self.P_PRIOR:
-            return self._prior()
+        rng = self._rng(trial)
+        if not finished or rng.random() < self.P_PRIOR:
+            return self._prior(rng)
         finished.sort(key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
         elite = finished[: max(1, math.ceil(self.ELITE * len(finished)))]
-        parent = elite[self.rng.integers(len(elite))]
-        return self._mutate({name: parent.params.get(name) for name in self.distributions})
+        parent = elite[rng.integers(len(elite))]
+        return self._mutate(rng, {name: parent.params.get(name) for name in self.distributions})
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str,
                            distribution: optuna.distributions.BaseDistribution) -> Any:
         # Only parameters outside the relative space get here (warmup_cosine's warmup fraction): uniform.
-        return self._draw(distribution, None)
+        return _draw(np.random.default_rng(None if self.seed is None else (self.seed, trial.number, 1)),
+                     distribution, None)
 
-    def _prior(self) -> dict[str, Any]:
-        return {name: self._draw(dist, self.PRIOR.get(name)) for name, dist in self.distributions.items()}
+    def _prior(self, rng: np.random.Generator) -> dict[str, Any]:
+        return {name: _draw(rng, dist, self.PRIOR.get(name)) for name, dist in self.distributions.items()}
 
-    def _mutate(self, parent: dict[str, Any]) -> dict[str, Any]:
+    def _mutate(self, rng: np.random.Generator, parent: dict[str, Any]) -> dict[str, Any]:
         child = dict(parent)
         for name, dist in self.distributions.items():
             if child[name] is None:
-                child[name] = self._draw(dist, self.PRIOR.get(name))
+                child[name] = _draw(rng, dist, self.PRIOR.get(name))
             elif isinstance(dist, CategoricalDistribution):
-                if len(dist.choices) > 1 and self.rng.random() < self.P_SWITCH:
+                if len(dist.choices) > 1 and rng.random() < self.P_SWITCH:
                     others = [c for c in dist.choices if c != child[name]]
-                    child[name] = others[self.rng.integers(len(others))]
-            elif name == "lr_scale" or self.rng.random() < 0.5:
+                    child[name] = others[rng.integers(len(others))]
+            elif name == "lr_scale" or rng.random() < 0.5:
                 centre = math.log10(child[name]) if dist.log else child[name]
-                child[name] = self._draw(dist, (centre, self.STEP[name]))
+                child[name] = _draw(rng, dist, (centre, self.STEP[name]))
         return child
 
-    def _draw(self, dist: Any, normal: tuple[float, float] | None) -> Any:
-        """A value of ``dist``: uniform (on the log scale where it is logged), or normal around ``normal`` =
-        (centre, spread) on that scale, clipped to the range."""
-        if isinstance(dist, CategoricalDistribution):
-            return dist.choices[self.rng.integers(len(dist.choices))]
-        assert isinstance(dist, FloatDistribution)
-        low, high = (math.log10(dist.low), math.log10(dist.high)) if dist.log else (dist.low, dist.high)
-        x = self.rng.uniform(low, high) if normal is None else self.rng.normal(*normal)
-        x = min(max(x, low), high)
-        return float(10.0 ** x) if dist.log else float(x)
+
+def _draw(rng: np.random.Generator, dist: Any, normal: tuple[float, float] | None) -> Any:
+    """A value of ``dist``: uniform (on the log scale where it is logged), or normal around ``normal`` =
+    (centre, spread) on that scale, clipped to the range."""
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[rng.integers(len(dist.choices))]
+    assert isinstance(dist, FloatDistribution)
+    low, high = (math.log10(dist.low), math.log10(dist.high)) if dist.log else (dist.low, dist.high)
+    x = rng.uniform(low, high) if normal is None else rng.normal(*normal)
+    x = min(max(x, low), high)
+    return float(10.0 ** x) if dist.log else float(x)
 
 
 class HalvingPruner(optuna.pruners.BasePruner):
