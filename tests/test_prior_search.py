@@ -80,16 +80,17 @@ def _trial(number: int, values: list[float], state: TrialState = TrialState.COMP
 def _pruned(pruner: HalvingPruner, history: list[optuna.trial.FrozenTrial], candidate: list[float],
             portfolio: str | None = None) -> bool:
     study = optuna.create_study(pruner=pruner)
-    study.add_trials(history)
     frozen = _trial(len(history), candidate, TrialState.RUNNING, portfolio)
+    study.add_trials([*history, frozen])  # the trial being judged is in the study, as when it trains
     return pruner.prune(study, frozen)
 
 
 def test_halving_judges_at_a_quarter_and_a_half_keeping_the_best_third() -> None:
     pruner = HalvingPruner(epochs=8, n_trials=100)
     assert pruner.rungs == [2, 4]
-    # Values 1.0 .. 1.4 at every epoch, 4 epochs each: 20 epochs, within half of 5 full trials.
-    full = [_trial(n, [1.0 + n / 10] * 4, TrialState.PRUNED) for n in range(5)]
+    # Values 1.0 .. 1.4, the first two pruned after 4 epochs, the others after 2: with the candidate's epochs and
+    # those it trains if it goes on, 22 epochs, within half of 6 full trials.
+    full = [_trial(n, [1.0 + n / 10] * (4 if n < 2 else 2), TrialState.PRUNED) for n in range(5)]
     assert not _pruned(pruner, full, [1.05, 1.05])  # second of 6: in the best third
     assert _pruned(pruner, full, [1.25, 1.25])  # fourth of 6: out
     assert not _pruned(pruner, full, [9.0])  # not at a rung: never asked
@@ -104,7 +105,8 @@ def test_halving_keeps_only_a_rungs_best_while_the_searched_trials_are_over_thei
     pruner = HalvingPruner(epochs=8, n_trials=10)
     portfolio = [_trial(0, [1.0 + 0.1 * e for e in range(8)][::-1], portfolio="adam"),
                  _trial(1, [2.0] * 8, portfolio="adamw")]
-    thrifty = [_trial(2 + n, [1.5, 1.3 + n / 10], TrialState.PRUNED) for n in range(3)]  # 6 epochs: within 9
+    # 5 trials of 2 epochs, the candidate's 2 and the 6 it trains if it goes on: 18, within 3/8 of 6 full trials
+    thrifty = [_trial(2 + n, [1.5, 1.3 + n / 10], TrialState.PRUNED) for n in range(5)]
     assert not _pruned(pruner, portfolio + thrifty, [1.5, 1.35])  # second of 6: the best third goes on
     spendthrift = [_trial(2 + n, [1.5, 1.2 + n / 10] + [1.0] * 6) for n in range(3)]  # 24 epochs, over 9
     assert _pruned(pruner, portfolio + spendthrift, [1.5, 1.25])  # second best, but only the best goes on now

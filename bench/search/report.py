@@ -76,8 +76,22 @@ def summarise(task: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
             "wall": float(np.median([r["wall_seconds"] for r in runs])),
             "curves": curves,
         }
+    if "random" in arms:
+        for arm in arms.values():
+            arm["random_equivalent"] = random_equivalent(arms["random"]["curves"], arm["at25"][1], maximize)
     return {"task": task, "maximize": maximize, "epochs": epochs, "holdout": docs[0].get("holdout", False),
             "metric": docs[0]["metric"], "arms": arms, "targets": targets(arms, maximize)}
+
+
+def random_equivalent(random_curves: list[list[float]], value: float, maximize: bool) -> int | None:
+    """How many trials random search needs for its median best to be as good as ``value`` (None: not within the
+    trials it ran). An arm's best@25 worth random@100 or more is 4x as sample-efficient as random search."""
+    length = min(len(c) for c in random_curves)
+    for n in range(1, length + 1):
+        median = float(np.median([c[n - 1] for c in random_curves]))
+        if (median >= value) if maximize else (median <= value):
+            return n
+    return None
 
 
 def targets(arms: dict[str, Any], maximize: bool) -> dict[str, bool | None]:
@@ -106,16 +120,24 @@ def markdown(summary: dict[str, Any]) -> str:
     seeds = max(a["seeds"] for a in summary["arms"].values())
     lines = [f"### {summary['task']}{' (held out)' if summary['holdout'] else ''}: {summary['metric']}, {arrow} is "
              f"better; {summary['epochs']} epochs a trial; {seeds} seeds", "",
-             "| arm | best@10 median [IQR] | best@25 median [IQR] | random best@100 | epochs / 25 full | wall s |",
-             "|---|---|---|---|---|---|"]
+             "| arm | best@10 median [IQR] | best@25 median [IQR] | random best@100 | best@25 = random@ | "
+             "epochs / 25 full | wall s |",
+             "|---|---|---|---|---|---|---|"]
     for name, arm in summary["arms"].items():
         q10, q25 = arm["at10"], arm["at25"]
         at100 = f"{_fmt(arm['at100'][1])} [{_fmt(arm['at100'][0])}, {_fmt(arm['at100'][2])}]" if arm["at100"] else ""
         lines.append(f"| {name} | {_fmt(q10[1])} [{_fmt(q10[0])}, {_fmt(q10[2])}] | {_fmt(q25[1])} [{_fmt(q25[0])}, "
-                     f"{_fmt(q25[2])}] | {at100} | {arm['epochs']:.2f} | {arm['wall']:.1f} |")
+                     f"{_fmt(q25[2])}] | {at100} | {_equivalent(arm)} | {arm['epochs']:.2f} | {arm['wall']:.1f} |")
     met = ", ".join(f"{k} {'met' if v else 'missed' if v is not None else 'n/a'}"
                     for k, v in summary["targets"].items())
     return "\n".join([*lines, "", f"lrsearch's default: {met}", ""])
+
+
+def _equivalent(arm: dict[str, Any]) -> str:
+    if "random_equivalent" not in arm:
+        return ""
+    n, length = arm["random_equivalent"], min(len(c) for c in arm["curves"])
+    return f"> {length}" if n is None else str(n)
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:

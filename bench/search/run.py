@@ -55,9 +55,11 @@ def job(task_name: str, seed: int, arm_names: list[str], out: str, fresh: bool) 
     torch.set_num_threads(1)
     task = TASKS[task_name]
     path = Path(out) / task_name / f"seed{seed}.json"
-    doc = json.loads(path.read_text()) if path.exists() and not fresh else {
+    doc = json.loads(path.read_text()) if path.exists() else {
         "task": task_name, "seed": seed, "metric": task.metric, "direction": task.direction, "epochs": task.epochs,
         "holdout": task.holdout, "arms": {}}
+    if fresh:  # rerun the arms asked for; keep the others' results
+        doc["arms"] = {name: arm for name, arm in doc["arms"].items() if name not in arm_names}
     study = task.study(seed)
     prepared = prepare(spec_from_dict(study))
     done = []
@@ -82,7 +84,7 @@ def main() -> int:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--fresh", action="store_true", help="rerun arms already recorded")
+    parser.add_argument("--fresh", action="store_true", help="rerun the chosen arms where already recorded (the other arms' results are kept)")
     args = parser.parse_args()
     tasks = args.tasks or (QUICK["tasks"] if args.quick else list(TASKS))
     seeds = args.seeds or (QUICK["seeds"] if args.quick else list(range(10)))

@@ -161,14 +161,16 @@ class HalvingPruner(optuna.pruners.BasePruner):
                   if t.number != trial.number and step in t.intermediate_values]
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         ranked = sorted([value, *(v for v in others if not math.isnan(v))], reverse=maximize)
-        kept = 1 if self._over_budget(trials) else max(1, int(len(ranked) * self.keep))
+        kept = 1 if self._over_budget(trials, self.epochs - step - 1) else max(1, int(len(ranked) * self.keep))
         cutoff = ranked[kept - 1]
         return value < cutoff if maximize else value > cutoff
 
-    def _over_budget(self, trials: list[FrozenTrial]) -> bool:
-        """Whether the searched (not portfolio) trials so far have trained more than their share of the epochs."""
+    def _over_budget(self, trials: list[FrozenTrial], committed: int) -> bool:
+        """Whether the searched (not portfolio) trials would train more than their share of the epochs: what they
+        trained so far, plus the ``committed`` epochs the trial at this rung trains if it goes on."""
         live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         searched = [t for t in trials if t.state in live and not is_portfolio(t)]
         portfolio_trials = sum(is_portfolio(t) for t in trials)
         share = (self.epoch_budget * self.n_trials - portfolio_trials) / max(1, self.n_trials - portfolio_trials)
-        return sum(len(t.intermediate_values) for t in searched) > share * self.epochs * len(searched)
+        spent = sum(len(t.intermediate_values) for t in searched)
+        return spent + committed > share * self.epochs * len(searched)
