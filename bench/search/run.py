@@ -84,7 +84,8 @@ def main() -> int:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--fresh", action="store_true", help="rerun the chosen arms where already recorded (the other arms' results are kept)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="rerun the chosen arms where already recorded (the other arms' results are kept)")
     args = parser.parse_args()
     tasks = args.tasks or (QUICK["tasks"] if args.quick else list(TASKS))
     seeds = args.seeds or (QUICK["seeds"] if args.quick else list(range(10)))
