@@ -41,7 +41,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
 
 
 def run_arm(arm: Arm, study: dict[str, Any], prepared: Any) -> dict[str, Any]:
-    """Run one arm on one task and seed; every trial as ``{number, state, value, epochs, portfolio, optimizer}``."""
+    """Run one arm on one task and seed; every trial as ``{number, state, value, epochs, portfolio, optimizer, lr,
+    diverged, config}`` (``config``: the trial's optimizer, hyperparameters and schedule, to retrain it)."""
     started = time.perf_counter()
     if arm.custom == "syne-tune-asha":
         from peer import syne_tune_asha
@@ -93,7 +94,7 @@ def record(trial: Any) -> dict[str, Any]:
     return {"number": trial.number, "state": trial.state.name, "value": value,
             "epochs": len(trial.intermediate_values), "portfolio": trial.user_attrs.get("portfolio"),
             "optimizer": config.get("optimizer"), "lr": config.get("params", {}).get("lr"),
-            "diverged": bool(trial.user_attrs.get("diverged", False))}
+            "diverged": bool(trial.user_attrs.get("diverged", False)), "config": config or None}
 
 
 def available(arm: Arm, installed: Callable[[str], bool]) -> bool:

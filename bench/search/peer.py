@@ -55,5 +55,5 @@ def syne_tune_asha(study: dict[str, Any], prepared: Any, n_trials: int) -> list[
                                           else 0)
         records.append({"number": number, "state": "COMPLETE" if outcome.stopped is None else "PRUNED",
                         "value": value, "epochs": trained, "portfolio": None, "optimizer": config["optimizer"],
-                        "lr": config["params"].get("lr"), "diverged": outcome.diverged})
+                        "lr": config["params"].get("lr"), "diverged": outcome.diverged, "config": config})
     return records
