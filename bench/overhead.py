@@ -7,7 +7,8 @@ Every trial trains the same fixed configuration (Adam, fused as lrsearch picks i
 variants differ only in what surrounds the loop. The floor under any Optuna-backed search is measured the same way:
 the bare loop by hand in ``study.optimize`` on each storage with the same results recorded, with and without a
 ``trial.report`` every epoch; and lrsearch on Optuna's in-memory storage shows its own code without the storage.
-Also: the default study (Hyperband) with the pruner asked at its rungs only, as lrsearch does, vs at every epoch.
+Also: the default study (its halving pruner) with the pruner asked at its rungs only, as lrsearch does, vs at every
+epoch.
 All are interleaved round by round and the per-trial medians compared. One-time costs (creating the study,
 starting the tracking process) are reported apart: they are paid once per ``tune``, not per trial.
 
@@ -168,8 +169,8 @@ def lrsearch_trials(spec, prepared, trials: int, tmp: Path, round_: int, trackin
 
 
 def default_study_seconds(tmp: Path, every_epoch: bool, round_: int, trials: int, threads: int) -> tuple[float, list]:
-    """Wall seconds per trial of the default study (``studies/digits-mlp.yaml``: TPE, Hyperband, 20 epochs) run
-    through ``lrsearch.tune`` with tracking off, asking the pruner at its rungs only (lrsearch's
+    """Wall seconds per trial of the default study (``studies/digits-mlp.yaml``: the prior sampler, the halving
+    pruner, 20 epochs) run through ``lrsearch.tune`` with tracking off, asking the pruner at its rungs only (lrsearch's
     ``PruningPoints``) or at every epoch (what a hand-written Optuna loop does); and what the trials were, to
     check that both ran the same trials with the same decisions."""
     import yaml
@@ -299,7 +300,7 @@ def notes(times: dict[str, list[float]], setups: list[float], default: dict[str,
     lines += [f"lrsearch --no-mlflow adds {added * 1000:.1f} ms to the journal floor; on Optuna's in-memory storage "
               f"it is "
               f"{median(times['lrsearch --no-mlflow, in-memory storage']) / bare:.3f}x bare",
-              f"the default study ({default_trials} trials, Hyperband): asking the pruner at its rungs only, "
+              f"the default study ({default_trials} trials, halving): asking the pruner at its rungs only, "
               f"{median(default['rungs']):.3f} s/trial, vs at every epoch, {median(default['every epoch']):.3f} "
               f"s/trial ({median(default['every epoch']) / median(default['rungs']):.2f}x), same decisions"]
     return lines

@@ -36,6 +36,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("textbook", portfolio_only=True, note="each textbook default once (Adam 1e-3, AdamW, SGD momentum 0.1 cosine)"),
     Arm("optuna-oob", custom="optuna-oob", note="Optuna out of the box: TPESampler() + HyperbandPruner()"),
     Arm("lrsearch-0.1", sampler="tpe", pruner="hyperband", note="lrsearch's default before: its TPE + Hyperband"),
+    Arm("prior-no-pruning", sampler="prior", pruner="none",
+        note="ablation: the default's sampler and portfolio, no pruning (what the halving pruner costs and saves)"),
     Arm("syne-tune-asha", custom="syne-tune-asha", note="Syne Tune's ASHA (grace 1 epoch, reduction 3)"),
 ]}
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-ORDER = ("lrsearch", "textbook", "random", "optuna-oob", "lrsearch-0.1", "syne-tune-asha")
+ORDER = ("lrsearch", "textbook", "random", "optuna-oob", "lrsearch-0.1", "prior-no-pruning", "syne-tune-asha")
 
 
 def load(results: Path) -> dict[str, list[dict[str, Any]]]:
@@ -166,9 +166,29 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def paired(docs: dict[str, list[dict[str, Any]]], n: int) -> dict[str, tuple[int, int, int]]:
+    """lrsearch's default against each other arm, seed by seed over every task: (wins, losses, ties) of its best
+    after ``n`` trials. Pairs share the task, the seed and the initial weights, so this sees differences that a
+    median over seeds hides in the spread between seeds."""
+    out: dict[str, list[int]] = {}
+    for doc in (d for task_docs in docs.values() for d in task_docs):
+        maximize = doc["direction"] == "maximize"
+        if "lrsearch" not in doc["arms"]:
+            continue
+        ours = best_at(curve(doc["arms"]["lrsearch"]["trials"], maximize), n, maximize)
+        for name, arm in doc["arms"].items():
+            if name == "lrsearch":
+                continue
+            theirs = best_at(curve(arm["trials"], maximize), n, maximize)
+            counts = out.setdefault(name, [0, 0, 0])
+            counts[2 if ours == theirs else 0 if (ours > theirs) == maximize else 1] += 1
+    return {name: (c[0], c[1], c[2]) for name, c in sorted(out.items(), key=lambda kv: ORDER.index(kv[0]))}
+
+
 def report(results: Path) -> tuple[str, dict[str, dict[str, Any]]]:
     """The markdown report of every task under ``results``, with a plot per task beside it."""
-    summaries = {task: summarise(task, docs) for task, docs in sorted(load(results).items())}
+    loaded = load(results)
+    summaries = {task: summarise(task, docs) for task, docs in sorted(loaded.items())}
     parts = []
     for task, summary in summaries.items():
         plot(summary, results / f"{task}.png")
@@ -178,7 +198,11 @@ def report(results: Path) -> tuple[str, dict[str, dict[str, Any]]]:
         rows.append(f"| {task}{' (held out)' if summary['holdout'] else ''} | "
                     + " | ".join({True: "met", False: "missed", None: "n/a"}[summary["targets"].get(k)]
                                  for k in ("T25", "T10", "Tep")) + " |")
-    text = "\n".join(["## Targets of lrsearch's default", "", *rows, "", *parts])
+    pairs = ["## lrsearch's default against each arm, seed by seed (wins / losses / ties over every task and seed)",
+             "", "| arm | after 10 trials | after 25 trials |", "|---|---|---|"]
+    at10, at25 = paired(loaded, 10), paired(loaded, 25)
+    pairs += [f"| {name} | {' / '.join(map(str, at10[name]))} | {' / '.join(map(str, at25[name]))} |" for name in at10]
+    text = "\n".join(["## Targets of lrsearch's default", "", *rows, "", *pairs, "", *parts])
     (results / "REPORT.md").write_text(text)
     (results / "summary.json").write_text(json.dumps(
         {t: {k: v for k, v in s.items() if k != "arms"} | {"arms": {a: {k: v for k, v in arm.items() if k != "curves"}
