@@ -148,6 +148,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
+    shown: list[float] = []  # medians and lower quartiles from the 4th trial on: the first trials would squash the rest
     for index, (name, arm) in enumerate(summary["arms"].items()):
         length = min(len(c) for c in arm["curves"])
         if length < 2:
@@ -158,6 +159,10 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         q1, median, q3 = np.nanpercentile(values, [25, 50, 75], axis=0)
         axes.plot(x, median, color=f"C{index}", label=name, linewidth=2 if name == "lrsearch" else 1.2)
         axes.fill_between(x, q1, q3, color=f"C{index}", alpha=0.15)
+        shown += [v for v in (*q1[3:], *median[3:]) if math.isfinite(v)]
+    if shown:
+        low, high = min(shown), max(shown)
+        axes.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
     axes.set(xscale="log", xlabel="trials", ylabel=f"best {summary['metric']} so far",
              title=f"{summary['task']}: median and interquartile range over seeds")
     axes.grid(True, which="both", alpha=0.3)
