@@ -94,6 +94,11 @@ def test_best_value_points_are_the_improving_trials_as_far_as_every_earlier_one_
     points = best_value_points(trials, minimize=True, pending={3: 0.8})  # 3 is told after the tracker hears
     assert {n: v for n, (v, _) in points.items()} == {0: 1.0, 3: 0.8, 4: 0.5}
     assert list(best_value_points(trials, minimize=False, pending={3: 0.8})) == [0, 1]
+    # Once 3 is told, every process computes the same point for it, time included: when several workers' tracking
+    # processes write it at once, MLflow's SQL store keeps one row.
+    told = optuna.trial.create_trial(state=State.COMPLETE, value=0.8)
+    told.number, told.datetime_start = 3, trials[3].datetime_start
+    assert best_value_points([*trials[:3], told, *trials[4:]], minimize=True)[3] == points[3]
 
 
 def _snapshot(client: MlflowClient) -> list:
@@ -202,8 +207,9 @@ class _Study:
     """One study that a run of ``tune`` after another extends by two trials, each killed at its own moment."""
 
     def __init__(self, tmp_path: Path) -> None:
+        # No pruning: a trial pruned after 2 of its 6 epochs could end before the test stops its tracking process.
         spec = tiny_study(budget={"n_trials": 3, "epochs": 6}, train={"batch_size": 16, "seed": 0},
-                          search={"optimizers": ["adam", "momentum"]})
+                          search={"optimizers": ["adam", "momentum"]}, pruner={"name": "none"})
         self.path = write_study(tmp_path, spec)
         self.storage, self.uri = str(tmp_path / "lrsearch.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
         self.finished: dict[int, tuple[str, float | None]] = {}

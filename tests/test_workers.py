@@ -62,7 +62,11 @@ def test_four_workers(tmp_path, kind: str) -> None:
         trial = next(t for t in done if f"trial-{t.number}" == run.info.run_name)
         assert run.info.status == expected[trial.state.name]
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == len(trial.intermediate_values)
+        epochs = len(client.get_metric_history(run.info.run_id, "val_loss"))
+        if trial.user_attrs.get("diverged"):  # stopped inside an epoch: its worst value is reported, no metrics
+            assert epochs <= len(trial.intermediate_values)
+        else:
+            assert epochs == len(trial.intermediate_values)
     # Workers finish trials out of number order; best_value is still the optimization history by trial number.
     improving, best = {}, None
     for trial in sorted(done, key=lambda t: t.number):

@@ -204,9 +204,13 @@ def _write(recorder: Recorder, run_id: str, history: dict[tuple[str, int], float
 
 def best_value_points(trials: list[optuna.trial.FrozenTrial], minimize: bool,
                       pending: dict[int, float] | None = None) -> dict[int, tuple[float, int | None]]:
-    """``{trial number: (value, finish time in ms)}`` of the trials that improved on every trial numbered before
+    """``{trial number: (value, start time in ms)}`` of the trials that improved on every trial numbered before
     them: the optimization history against the trial number. Only as far as every earlier trial has finished, so a
-    point once written stays right; ``pending`` holds values of complete trials Optuna was not told of yet."""
+    point once written stays right; ``pending`` holds values of complete trials Optuna was not told of yet.
+
+    The time is the trial's start, which every process reads alike: when the tracking processes of several
+    workers write the same point at once, MLflow's SQL store keeps one row (its key is metric, value, time, step).
+    """
     import optuna
 
     pending = pending or {}
@@ -214,9 +218,9 @@ def best_value_points(trials: list[optuna.trial.FrozenTrial], minimize: bool,
     best: float | None = None
     for trial in sorted(trials, key=lambda t: t.number):
         if trial.number in pending:
-            value, finished = pending[trial.number], None
+            value = pending[trial.number]
         elif trial.state == optuna.trial.TrialState.COMPLETE and not trial.user_attrs.get("diverged"):
-            value, finished = trial.value, _ms(trial.datetime_complete)
+            value = trial.value
         elif trial.state.is_finished():
             continue
         else:
@@ -225,7 +229,7 @@ def best_value_points(trials: list[optuna.trial.FrozenTrial], minimize: bool,
                                                                                 value <= best)):
             continue
         best = value
-        points[trial.number] = (value, finished)
+        points[trial.number] = (value, _ms(trial.datetime_start))
     return points
 
 
@@ -244,8 +248,8 @@ def log_best_values(recorder: Recorder, study: optuna.Study, trials: list[optuna
         return False
     logged = {m.step for m in retry(lambda: recorder.client.get_metric_history(recorder.parent_run_id,
                                                                                 "best_value"))}
-    missing = [Metric("best_value", value, finished or int(time.time() * 1000), number)
-               for number, (value, finished) in points.items() if number not in logged]
+    missing = [Metric("best_value", value, started or int(time.time() * 1000), number)
+               for number, (value, started) in points.items() if number not in logged]
     if missing:
         retry(lambda: recorder.client.log_batch(recorder.parent_run_id, metrics=missing))
     return bool(missing)
