@@ -207,8 +207,9 @@ class _Study:
     """One study that a run of ``tune`` after another extends by two trials, each killed at its own moment."""
 
     def __init__(self, tmp_path: Path) -> None:
-        # No pruning: a trial pruned after 2 of its 6 epochs could end before the test stops its tracking process.
-        spec = tiny_study(budget={"n_trials": 3, "epochs": 6}, train={"batch_size": 16, "seed": 0},
+        # Trials of a second or so (batch 4, no pruning), so that each kill lands inside the moment it aims at: a
+        # trial pruned after 2 of 6 epochs of batch 16 could end before the test stopped its tracking process.
+        spec = tiny_study(budget={"n_trials": 3, "epochs": 6}, train={"batch_size": 4, "seed": 0},
                           search={"optimizers": ["adam", "momentum"]}, pruner={"name": "none"})
         self.path = write_study(tmp_path, spec)
         self.storage, self.uri = str(tmp_path / "lrsearch.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
