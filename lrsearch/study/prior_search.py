@@ -78,10 +78,10 @@ class PriorSampler(optuna.samplers.BaseSampler):
     def reseed_rng(self) -> None:
         self.seed = None
 
-    def _rng(self, trial: FrozenTrial) -> np.random.Generator:
+    def _rng(self, trial: FrozenTrial, *stream: int) -> np.random.Generator:
         """The trial's own random stream: from the seed and the trial's number, so that workers sharing a study (and
         a seed) draw different trials, and a resumed study draws what an uninterrupted one would have."""
-        return np.random.default_rng(None if self.seed is None else (self.seed, trial.number))
+        return np.random.default_rng(None if self.seed is None else (self.seed, trial.number, *stream))
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         return dict(self.distributions)
@@ -100,8 +100,7 @@ class PriorSampler(optuna.samplers.BaseSampler):
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str,
                            distribution: optuna.distributions.BaseDistribution) -> Any:
         # Only parameters outside the relative space get here (warmup_cosine's warmup fraction): uniform.
-        return _draw(np.random.default_rng(None if self.seed is None else (self.seed, trial.number, 1)),
-                     distribution, None)
+        return _draw(self._rng(trial, 1), distribution, None)
 
     def _prior(self, rng: np.random.Generator) -> dict[str, Any]:
         return {name: _draw(rng, dist, self.PRIOR.get(name)) for name, dist in self.distributions.items()}
