@@ -6,6 +6,21 @@ error's :attr:`exit_code` (2 for usage and study-file problems, 1 for runtime fa
 
 from __future__ import annotations
 
+__all__ = ["Interrupted", "LrsearchError", "SpecError", "StorageError", "StudyNotFoundError", "TaskError",
+           "TrackingError", "TrialRuntimeError", "UsageError", "first_line", "one_line"]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (of the driver's own error for SQLAlchemy's wrappers), else its type's
+    name: what a one-line report of someone else's exception shows."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def one_line(message: str) -> str:
+    """A message of several lines as one: its lines joined with "; " (the terminal shows every error on one line)."""
+    return "; ".join(line.strip() for line in message.strip().splitlines() if line.strip())
+
 
 class LrsearchError(Exception):
     """Base class of every user-facing lrsearch error."""

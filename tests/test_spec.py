@@ -72,3 +72,15 @@ def test_overrides_narrow_or_fix_a_preset(tmp_path: Path) -> None:
     assert (hyper["lr"].low, hyper["lr"].high) == (1e-4, 1e-2)
     assert hyper["beta2"] == 0.999
     assert hyper["beta1"].scale == "log1m"
+
+
+@pytest.mark.parametrize(("train", "search", "problem"), [
+    ({"nproc_per_trial": 2}, {}, "train.nproc_per_trial: task.function trains in your own loop"),
+    ({"batch_trials": 2}, {}, "train.batch_trials: 2 trials at once: a training function"),
+    ({}, {"lr_range": "auto"}, "search.lr_range: 'auto' runs the LR range test on a Task"),
+])
+def test_settings_function_mode_cannot_honour_are_study_file_problems(train: dict, search: dict,
+                                                                      problem: str) -> None:
+    with pytest.raises(SpecError) as error:
+        spec_from_dict(tiny_study(task={"function": "user_loop:train"}, train=train, search=search))
+    assert len(error.value.problems) == 1 and error.value.problems[0].startswith(problem)

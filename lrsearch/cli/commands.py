@@ -11,15 +11,22 @@ import logging
 import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Any
 
 import click
 
 from lrsearch import __version__
-from lrsearch.cli.options import check_format, format_option, stop_on_first_signal, storage_option, tracking_uri_option
+from lrsearch.cli.options import (
+    check_format,
+    check_writable,
+    format_option,
+    stop_on_first_signal,
+    storage_option,
+    tracking_uri_option,
+    write_text,
+)
 from lrsearch.cli.tracking import sync, ui
-from lrsearch.errors import Interrupted, LrsearchError
+from lrsearch.errors import Interrupted, LrsearchError, one_line
 
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -35,6 +42,8 @@ class _Lrsearch(click.Group):
             os.environ["LRSEARCH_DEBUG"] = "1"
             logging.basicConfig(format="%(name)s: %(message)s")
             logging.getLogger("lrsearch").setLevel(logging.DEBUG)  # failed trials with their tracebacks, and more
+        else:  # MLflow's info lines ("Creating initial MLflow database tables") are not the user's business
+            os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         extra.pop("standalone_mode", None)
         try:
             super().main(args=args, prog_name=prog_name or "lrsearch", standalone_mode=False, **extra)
@@ -70,8 +79,10 @@ def cli(debug: bool) -> None:
 @click.option("--timeout", type=float, metavar="SEC", help="Stop starting trials after this many seconds.")
 @storage_option
 @click.option("--study-name", metavar="NAME", help="Default: the study file's name.")
-@click.option("--sampler", metavar="NAME", help="tpe | gp | cmaes | nsga2 | qmc | random | grid")
-@click.option("--pruner", metavar="NAME", help="none | median | sha | hyperband | wilcoxon")
+@click.option("--sampler", metavar="NAME", help="prior | tpe | gp | cmaes | nsga2 | qmc | random | grid (default: the "
+              "study file's sampler.name, else prior).")
+@click.option("--pruner", metavar="NAME", help="halving | none | median | sha | hyperband | wilcoxon (default: the "
+              "study file's pruner.name, else halving).")
 @click.option("--seed", type=int, help="Training seed (and sampler seed unless the study file sets one).")
 @click.option("--device", metavar="auto|cpu|cuda", help="Training device.")
 @click.option("--nproc-per-trial", metavar="N|auto", default=None,
@@ -123,7 +134,7 @@ def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: flo
         observers: list[Any] = [ProgressDisplay(Console(stderr=True), enabled=progress)]
         observers += [tracker] if tracker is not None else []
         study, ran = run_tune(study_file, overrides, storage=storage, study_name=study_name, observers=observers,
-                              workers=worker_of or 1)
+                              workers=worker_of or 1, worker=worker_of is not None)
     if study is None or worker_of is not None:
         return  # a non-zero torchrun rank, or one of several workers: the process that started them reports
     console = Console()
@@ -144,9 +155,9 @@ def _tune_with_workers(study_file: str, overrides: Any, gpus: list[list[str]], s
     from rich.console import Console
 
     from lrsearch.cli.report import WorkersProgress
-    from lrsearch.study.workers import passthrough_args, tune_with_workers
+    from lrsearch.study.workers import tune_with_workers
 
-    args = passthrough_args(click.get_current_context().params)
+    args = worker_args(click.get_current_context().params)
     display = WorkersProgress(Console(stderr=True)) if progress else None
     try:
         return tune_with_workers(study_file, overrides, args, gpus=gpus, storage=storage,
@@ -154,6 +165,24 @@ def _tune_with_workers(study_file: str, overrides: Any, gpus: list[list[str]], s
     finally:
         if display is not None:
             display.stop()
+
+
+WORKER_FLAGS = {"n_trials": "--n-trials", "epochs": "--epochs", "timeout": "--timeout", "sampler": "--sampler",
+                "pruner": "--pruner", "seed": "--seed", "device": "--device", "nproc_per_trial": "--nproc-per-trial",
+                "lr_range": "--lr-range", "batch_trials": "--batch-trials", "tracking_uri": "--tracking-uri",
+                "experiment": "--experiment"}
+"""The ``tune`` options every worker repeats (the storage, study name and workers are given apart)."""
+
+
+def worker_args(params: dict[str, Any]) -> list[str]:
+    """The ``tune`` options a worker repeats, rebuilt from the parsed parameters of this ``tune``."""
+    args: list[str] = []
+    for name, flag in WORKER_FLAGS.items():
+        if params.get(name) is not None:
+            args += [flag, str(params[name])]
+    if params.get("no_mlflow"):
+        args.append("--no-mlflow")
+    return args
 
 
 def _print_summary(console: Any, study: Any) -> None:
@@ -241,6 +270,8 @@ def export(name: str, storage: str | None, fmt: str, trial_number: int | None, o
     from lrsearch.tracking.export import FORMATS, render, trial_config
 
     check_format(fmt, FORMATS)
+    if output:
+        check_writable(output, "-o")
     study = load_study(name, storage_url(storage))
     if trial_number is None:
         trial = best_trial(study)
@@ -251,7 +282,7 @@ def export(name: str, storage: str | None, fmt: str, trial_number: int | None, o
         trial = trials[0]
     text = render(trial_config(study, trial), fmt)
     if output:
-        Path(output).write_text(text)
+        write_text(output, text, "-o")
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
@@ -281,6 +312,8 @@ def lr_find(study_file: str, optimizers: tuple[str, ...], start: float, end: flo
     from lrsearch.training.threads import configure_threads
 
     check_format(fmt, ("table", "json"))
+    if plot_file:
+        check_writable(plot_file, "--plot")  # before the range test, not after it
     spec = resolve_spec(study_file)
     prepared = prepare(spec)
     configure_threads(spec.train.threads)
@@ -324,5 +357,5 @@ def main(argv: list[str] | None = None) -> None:
 def _fail(message: str, code: int, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {one_line(message)}", err=True)
     sys.exit(code)

@@ -252,10 +252,23 @@ class StudySpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _batch_needs_a_task(self) -> StudySpec:
-        if self.train.batch_trials > 1 and isinstance(self.task, TaskRef) and self.task.function is not None:
-            raise ValueError(f"train.batch_trials {self.train.batch_trials}: a training function (task.function) "
-                             "trains one trial at a time; stacking needs a Task (built-in or task.entrypoint)")
+    def _function_mode(self) -> StudySpec:
+        """What a training function (``task.function``, the user's own loop) cannot do: lrsearch owns no loop."""
+        if not isinstance(self.task, TaskRef) or self.task.function is None:
+            return self
+        problems = []
+        if self.train.batch_trials > 1:
+            problems.append(f"train.batch_trials: {self.train.batch_trials} trials at once: a training function "
+                            "(task.function) trains one trial at a time; stacking needs a Task (built-in or "
+                            "task.entrypoint)")
+        if self.train.nproc_per_trial != 1:
+            problems.append(f"train.nproc_per_trial: task.function trains in your own loop, one process per trial "
+                            f"(got {self.train.nproc_per_trial!r}; allowed: 1; start DDP inside train() if needed)")
+        if self.search.lr_range == "auto":
+            problems.append("search.lr_range: 'auto' runs the LR range test on a Task, and task.function has none "
+                            "(allowed: preset)")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @model_validator(mode="after")
@@ -355,7 +368,9 @@ def _describe(error: dict) -> list[str]:
     if kind == "value_error":
         message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
         lines = message.splitlines()
-        return [line if line.startswith("search.") else f"{where}: {line}" for line in lines]
+        # A validator that checks several fields names each in its lines ("search.adam.lr: ...").
+        return [line if line.split(".", 1)[0] in StudySpec.model_fields or not where else f"{where}: {line}"
+                for line in lines]
     if kind == "extra_forbidden":
         return [f"{where}: unknown key (allowed: {', '.join(_allowed_keys(loc[:-1]))})"]
     if kind == "literal_error":

@@ -18,6 +18,8 @@ import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from lrsearch.errors import first_line
+
 if TYPE_CHECKING:
     from lrsearch.config.spec import StudySpec
     from lrsearch.distributed.collective import DdpCollective
@@ -89,7 +91,7 @@ def _local_follower(argv: list[str]) -> int:
     try:
         follow(prepared, collective)
     except Exception as exc:  # rank 0 fails the trial and starts a new gang; one line here says why
-        print(f"lrsearch DDP rank {rank}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}",
+        print(f"lrsearch DDP rank {rank}: {type(exc).__name__}: {first_line(exc)}",
               file=sys.stderr)
         return 1
     return 0

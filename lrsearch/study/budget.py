@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 BUDGET_TAKEN = "budget already taken by other workers"
 """The ``fail_reason`` of a trial asked for after other workers had taken the last slots of the budget."""
+NOT_NEEDED = "not run: the study's budget was complete"
+"""The ``fail_reason`` of a queued trial (a retry, a textbook configuration) left when the budget was complete."""
+NEVER_TRAINED = (BUDGET_TAKEN, NOT_NEEDED)
+"""The ``fail_reason`` of trials that never trained: they have no MLflow run and count as nothing run."""
 POLL_SECONDS = 1.0
 """How often a process whose budget is all running elsewhere looks again."""
 
@@ -50,12 +54,32 @@ def open_slots(study: optuna.Study, storage: Any, budget: Budget) -> Iterator[in
     while deadline is None or time.monotonic() < deadline:
         free = count_free_slots(study, budget.n_trials)
         if free is None:
+            drop_waiting(study, storage)
             return
         if free:
             yield free
         else:
             time.sleep(POLL_SECONDS)
             fail_stale_trials(study, storage)
+
+
+def drop_waiting(study: optuna.Study, storage: Any) -> None:
+    """A complete study keeps no queued trial: each one still WAITING is failed with the reason
+    :data:`NOT_NEEDED` (one that another process starts at the same moment is refused a slot by the budget)."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    waiting = study.get_trials(deepcopy=False, states=(states.WAITING,))
+    if not waiting:
+        return
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in waiting:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", NOT_NEEDED)
+            storage.set_trial_state_values(trial_id, state=states.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process ended it first
 
 
 def ask_within_budget(study: optuna.Study, count: int, n_trials: int) -> list[optuna.Trial]:

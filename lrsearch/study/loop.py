@@ -16,6 +16,7 @@ from lrsearch.errors import TaskError, TrialRuntimeError
 from lrsearch.study.algorithms import PruningPoints
 from lrsearch.study.budget import ask_within_budget, open_slots
 from lrsearch.study.heartbeat import fail_stale_trials, heartbeats
+from lrsearch.study.observers import Observers, observing
 from lrsearch.study.trials import EpochReporter, finish_trial, start_trial
 from lrsearch.training.memory import PeakMemory, is_out_of_memory, release_memory
 from lrsearch.training.trial import SINGLE_PROCESS, TrialSettings
@@ -23,7 +24,7 @@ from lrsearch.training.trial import SINGLE_PROCESS, TrialSettings
 if TYPE_CHECKING:
     import optuna
 
-    from lrsearch.study.trials import TuneObserver
+    from lrsearch.study.observers import TuneObserver
     from lrsearch.training.prepared import Prepared
     from lrsearch.training.trial import Collective, EpochMetrics, TrialOutcome
 
@@ -48,10 +49,13 @@ class TrialTrainer:
         """Train ``configs`` (trials ``numbers``), each reporting its epochs to its hook; one outcome each."""
         prepared, settings = self.prepared, self.settings
         if prepared.function is not None:
+            import optuna
+
             from lrsearch.training.function_mode import run_function_trial
 
             return [run_function_trial(prepared.function, prepared.spec, configs[0], settings, hooks[0],
-                                       device=prepared.device, trial_number=numbers[0])]
+                                       device=prepared.device, trial_number=numbers[0],
+                                       pruned_errors=(optuna.TrialPruned,))]
         if self.batch > 1:
             from lrsearch.training.batched import train_trials_batched
 
@@ -70,8 +74,8 @@ class TrialTrainer:
         return self.collective.broken
 
 
-def run_study(study: optuna.Study, storage: Any, prepared: Prepared, observers: Sequence[TuneObserver] = (),
-              collective: Collective = SINGLE_PROCESS) -> None:
+def run_study(study: optuna.Study, storage: Any, prepared: Prepared,
+              observers: Observers | Sequence[TuneObserver] = (), collective: Collective = SINGLE_PROCESS) -> None:
     """Run trials until the study holds ``n_trials`` complete + pruned trials or the timeout passes.
 
     Args:
@@ -87,6 +91,7 @@ def run_study(study: optuna.Study, storage: Any, prepared: Prepared, observers: 
             ranks broke (torchrun).
     """
     trainer = TrialTrainer(prepared, collective)
+    observers = observing(observers)
     points = PruningPoints(study.pruner, prepared.spec.budget.epochs)
     failures = out_of_memory = 0
     for free in open_slots(study, storage, prepared.spec.budget):
@@ -94,7 +99,7 @@ def run_study(study: optuna.Study, storage: Any, prepared: Prepared, observers: 
         trials = ask_within_budget(study, min(trainer.batch, free), prepared.spec.budget.n_trials)
         if not trials:
             continue
-        error = _train_and_tell(study, storage, trainer, trials, list(observers), points)
+        error = _train_and_tell(study, storage, trainer, trials, observers, points)
         if error is None:
             failures = out_of_memory = 0
             continue
@@ -112,33 +117,35 @@ def run_study(study: optuna.Study, storage: Any, prepared: Prepared, observers: 
 
 
 def _train_and_tell(study: optuna.Study, storage: Any, trainer: TrialTrainer, trials: list[optuna.Trial],
-                    observers: list[TuneObserver], points: PruningPoints) -> BaseException | None:
+                    observers: Observers, points: PruningPoints) -> BaseException | None:
     """One step: start the trials, train them, finish each; returns the exception that failed them, if any."""
     spec = trainer.prepared.spec
     training = _training_record(trainer, trials)
     hooks = [EpochReporter(trial, spec.objective, observers, points) for trial in trials]
     memory = PeakMemory(trainer.prepared.device)  # K stacked trials share one peak: they train as one model
     configs: list[dict[str, Any]] = []
-    try:
-        # The first beat at once, before the configuration is sampled and recorded: a process killed from here on
-        # leaves a trial that goes stale, and is retried, instead of one that RDB storages keep RUNNING for ever.
-        with heartbeats(storage, study, trials), memory:
-            for trial in trials:
-                configs.append(start_trial(study, trial, spec, trainer.settings, training, observers))
-            outcomes = trainer.train([t.number for t in trials], configs, hooks)
-    except BaseException as exc:
-        if is_out_of_memory(exc):
-            release_memory(exc, trainer.prepared.device)  # before the next trial asks for it again
-        for index, trial in enumerate(trials):
-            # Observers hear of the end of the trials they heard start of.
-            finish_trial(study, trial, spec.objective, observers if index < len(configs) else [], error=exc,
-                         peak_memory_mb=memory.mb)
-        if isinstance(exc, TaskError) or not isinstance(exc, Exception):
-            raise  # a task that cannot train, Ctrl-C, SIGTERM: the study stops here
-        trainer.recover()
-        return exc
-    for trial, outcome in zip(trials, outcomes, strict=True):
-        finish_trial(study, trial, spec.objective, observers, outcome, peak_memory_mb=memory.mb)
+    # The first beat at once, before the configuration is sampled and recorded: a process killed from here on
+    # leaves a trial that goes stale, and is retried, instead of one that RDB storages keep RUNNING for ever. The
+    # beats go on until Optuna holds every result: a slow observer never makes another process fail a trained trial.
+    with heartbeats(storage, study, trials):
+        try:
+            with memory:
+                for trial in trials:
+                    configs.append(start_trial(study, trial, spec, trainer.settings, training, observers))
+                outcomes = trainer.train([t.number for t in trials], configs, hooks)
+        except BaseException as exc:
+            if is_out_of_memory(exc):
+                release_memory(exc, trainer.prepared.device)  # before the next trial asks for it again
+            for index, trial in enumerate(trials):
+                # Observers hear of the end of the trials they heard start of.
+                finish_trial(study, trial, spec.objective, observers if index < len(configs) else Observers(),
+                             error=exc, peak_memory_mb=memory.mb)
+            if isinstance(exc, TaskError) or not isinstance(exc, Exception):
+                raise  # a task that cannot train, Ctrl-C, SIGTERM: the study stops here
+            trainer.recover()
+            return exc
+        for trial, outcome in zip(trials, outcomes, strict=True):
+            finish_trial(study, trial, spec.objective, observers, outcome, peak_memory_mb=memory.mb)
     return None
 
 

@@ -39,11 +39,20 @@ PORTFOLIO_ATTR = "portfolio"
 """User attribute of a portfolio trial: the label of its textbook configuration (``adam``, ``momentum-cosine``)."""
 
 
-def enqueue_portfolio(study: optuna.Study, space: SearchSpace) -> None:
-    """Queue the study's textbook configurations as its first trials; run again, it queues nothing new."""
-    for label, config in portfolio(space).items():
-        study.enqueue_trial(coordinates(space).encode(config), user_attrs={PORTFOLIO_ATTR: label},
-                            skip_if_exists=True)
+def enqueue_portfolio(study: optuna.Study, space: SearchSpace, n_trials: int) -> None:
+    """Queue the study's textbook configurations that no trial has run or holds yet, as far as the budget of
+    ``n_trials`` has room for them: run again, it queues nothing new; a study whose budget was raised gets the
+    rest of its portfolio. A trial that was queued but never trained (the budget was complete first) does not count
+    as run."""
+    from lrsearch.study.budget import NEVER_TRAINED
+
+    trials = study.get_trials(deepcopy=False)
+    held = {t.user_attrs.get(PORTFOLIO_ATTR) for t in trials if t.user_attrs.get("fail_reason") not in NEVER_TRAINED}
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    room = n_trials - sum(t.state in live for t in trials)
+    missing = [(label, config) for label, config in portfolio(space).items() if label not in held]
+    for label, config in missing[:max(0, room)]:
+        study.enqueue_trial(coordinates(space).encode(config), user_attrs={PORTFOLIO_ATTR: label})
 
 
 def is_portfolio(trial: FrozenTrial) -> bool:

@@ -22,7 +22,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.errors import StorageError, StudyNotFoundError
+from lrsearch.errors import StorageError, StudyNotFoundError, first_line
 from lrsearch.study.algorithms import make_pruner, make_sampler
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def _open_journal(path: str, create: bool) -> optuna.storages.BaseStorage:
     try:
         return JournalStorage(JournalFile(path))
     except (OSError, ValueError) as exc:  # unreadable, not a journal (a line that is not JSON)
-        raise StorageError(f"cannot open storage {path!r}: {_first_line(exc)}") from None
+        raise StorageError(f"cannot open storage {path!r}: {first_line(exc)}") from None
 
 
 def _open_rdb(url: str, create: bool) -> optuna.storages.RDBStorage:
@@ -164,7 +164,7 @@ def _open_rdb(url: str, create: bool) -> optuna.storages.RDBStorage:
             # the losers see "already exists" / a duplicate catalog key; a moment later the tables are there.
             racing = any(s in str(exc).lower() for s in ("already exists", "duplicate key", "locked"))
             if not racing or attempt == _SCHEMA_RETRIES - 1:
-                raise StorageError(f"cannot open storage {mask_password(url)!r}: {_first_line(exc)}") from None
+                raise StorageError(f"cannot open storage {mask_password(url)!r}: {first_line(exc)}") from None
             time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
     if parsed.get_backend_name() == "sqlite":
         _write_ahead_log(storage.engine)
@@ -197,14 +197,11 @@ def _write_ahead_log(engine: Any) -> None:
     engine.dispose()  # pooled connections opened before the listener get replaced by ones with the pragmas
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
-    """Create the study, or load it to resume; the study file is kept in its user attrs, and a new study that runs
-    the textbook portfolio queues it first."""
+def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, name: str,
+                 queue: bool = True) -> optuna.Study:
+    """Create the study, or load it to resume; the study file is kept in its user attrs. With ``queue``, a study
+    that runs the textbook portfolio gets those of its configurations queued first that its budget has room for
+    and no trial ran yet (:func:`~lrsearch.study.prior_search.enqueue_portfolio`)."""
     import optuna
 
     from lrsearch.study.prior_search import enqueue_portfolio
@@ -220,8 +217,8 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, name: st
     )
     if "spec" not in study.user_attrs:
         study.set_user_attr("spec", spec.model_dump(mode="json"))
-        if spec.runs_portfolio:
-            enqueue_portfolio(study, space)
+    if queue and spec.runs_portfolio:
+        enqueue_portfolio(study, space, spec.budget.n_trials)
     return study
 
 

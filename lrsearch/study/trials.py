@@ -1,11 +1,12 @@
 """One trial's record in the study: its configuration and settings when it starts, its epochs while it trains
-(reported to Optuna, which may prune it), and its outcome when it ends, told to Optuna and to every observer."""
+(reported to Optuna, which may prune it), and its outcome when it ends, told to Optuna first and then to every
+observer (the storage is the truth; MLflow and the terminal follow it)."""
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from lrsearch.training.memory import OUT_OF_MEMORY, is_out_of_memory
 
@@ -14,35 +15,15 @@ if TYPE_CHECKING:
 
     from lrsearch.config.spec import ObjectiveSpec, StudySpec
     from lrsearch.study.algorithms import PruningPoints
+    from lrsearch.study.observers import Observers
     from lrsearch.training.trial import EpochMetrics, TrialOutcome, TrialSettings
 
+__all__ = ["EpochReporter", "fail_reason", "finish_trial", "start_trial"]
 logger = logging.getLogger(__name__)
 
 
-class TuneObserver(Protocol):
-    """Sees a study's progress; the progress display and MLflow tracking are observers. Rank 0 only."""
-
-    def study_started(self, study: optuna.Study, spec: StudySpec) -> None: ...
-
-    def study_finished(self, study: optuna.Study, spec: StudySpec) -> None:
-        """The study's budget was complete before this run started: no trial will run, nothing else is called."""
-        ...
-
-    def trial_started(self, trial: optuna.Trial, config: dict[str, Any]) -> None: ...
-
-    def epoch_ended(self, trial: optuna.Trial, epoch: EpochMetrics) -> None: ...
-
-    def trial_ended(
-        self, trial: optuna.Trial, state: str, outcome: TrialOutcome | None, error: BaseException | None
-    ) -> None: ...
-
-    def study_ended(self, study: optuna.Study, error: BaseException | None = None) -> None:
-        """``error`` is what ended the run early (KeyboardInterrupt for Ctrl-C), None when it ran to its end."""
-        ...
-
-
 def start_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, settings: TrialSettings,
-                training: dict[str, Any], observers: list[TuneObserver]) -> dict[str, Any]:
+                training: dict[str, Any], observers: Observers) -> dict[str, Any]:
     """Sample the trial's configuration and record it with the training settings; returns the configuration.
 
     A portfolio trial records its sampler parameters too, but trains its textbook configuration exactly as the
@@ -67,8 +48,7 @@ def start_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, setti
                                      **({"data": training["data"]} if "data" in training else {})})
     if "batch" in training:
         trial.set_user_attr("batch", training["batch"])
-    for observer in observers:
-        observer.trial_started(trial, config)
+    observers.trial_started(trial, config)
     return config
 
 
@@ -77,7 +57,7 @@ class EpochReporter:
     ``objective.at: best`` the best of the trial's epochs so far, what the trial would score if it stopped there),
     passes the epoch to the observers, and answers whether the pruner stops the trial here."""
 
-    def __init__(self, trial: optuna.Trial, objective: ObjectiveSpec, observers: list[TuneObserver],
+    def __init__(self, trial: optuna.Trial, objective: ObjectiveSpec, observers: Observers,
                  points: PruningPoints) -> None:
         self.trial, self.objective, self.observers, self.points = trial, objective, observers, points
         self.best: float | None = None
@@ -88,8 +68,7 @@ class EpochReporter:
             value = min(value, self.best) if self.objective.direction == "minimize" else max(value, self.best)
         self.best = value
         self.trial.report(value, epoch.epoch)
-        for observer in self.observers:
-            observer.epoch_ended(self.trial, epoch)
+        self.observers.epoch_ended(self.trial, epoch)
         return self.points.due(self.trial.number, epoch.epoch) and self.trial.should_prune()
 
 
@@ -100,16 +79,20 @@ def fail_reason(error: BaseException) -> str:
     return OUT_OF_MEMORY if is_out_of_memory(error) else f"{type(error).__name__}: {error}"
 
 
-def finish_trial(study: optuna.Study, trial: optuna.Trial, objective: ObjectiveSpec, observers: list[TuneObserver],
+def finish_trial(study: optuna.Study, trial: optuna.Trial, objective: ObjectiveSpec, observers: Observers,
                  outcome: TrialOutcome | None = None, error: BaseException | None = None,
                  peak_memory_mb: float | None = None) -> str:
-    """Record how the trial ended and tell Optuna; returns its state.
+    """Record how the trial ended, tell Optuna, then the observers; returns its state.
 
     A trial that raised ``error`` is FAIL with its ``fail_reason`` (:func:`fail_reason`). Else it keeps its
     implementation, ``diverged`` and final metrics as user attributes and is COMPLETE with its objective value
     (``outcome.value``, from the epoch ``objective_epoch``), or PRUNED at the epoch it stopped; a diverged trial is
     reported the worst value at that epoch, so the sampler learns the region is bad. Either way it keeps
     ``peak_memory_mb`` when measured.
+
+    Optuna comes first: whatever an observer does (a dead MLflow process, a broken display), the result is in the
+    storage. A trial that another process failed meanwhile (its heartbeat went stale, and its parameters were
+    queued for a retry) keeps that state: the retry trains it.
     """
     import optuna
 
@@ -121,27 +104,30 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, objective: ObjectiveS
         reason = fail_reason(error)
         logger.debug("trial %d failed: %s", trial.number, reason, exc_info=error)
         trial.set_user_attr("fail_reason", reason)
-        for observer in observers:
-            observer.trial_ended(trial, "FAIL", None, error)
-        study.tell(trial, state=states.FAIL)
-        return "FAIL"
-    trial.set_user_attr("optimizer_impl", outcome.implementation)
-    trial.set_user_attr("diverged", outcome.diverged)
-    if outcome.skipped_steps:
-        trial.set_user_attr("skipped_steps", outcome.skipped_steps)
-    for name, value in outcome.final.items():
-        trial.set_user_attr(name, value)
-    if outcome.diverged:
-        minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
-        trial.report(math.inf if minimize else -math.inf, outcome.stopped_epoch)
-    elif not outcome.stopped:
-        outcome.value, outcome.value_epoch = outcome.objective(objective.metric, objective.direction, objective.at)
-        trial.set_user_attr("objective_epoch", outcome.value_epoch)
-    state = "PRUNED" if outcome.stopped else "COMPLETE"
-    for observer in observers:
-        observer.trial_ended(trial, state, outcome, None)
-    if outcome.stopped:
-        study.tell(trial, state=states.PRUNED)
+        state = "FAIL"
     else:
-        study.tell(trial, outcome.value)
+        trial.set_user_attr("optimizer_impl", outcome.implementation)
+        trial.set_user_attr("diverged", outcome.diverged)
+        if outcome.skipped_steps:
+            trial.set_user_attr("skipped_steps", outcome.skipped_steps)
+        for name, value in outcome.final.items():
+            trial.set_user_attr(name, value)
+        if outcome.diverged:
+            minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+            trial.report(math.inf if minimize else -math.inf, outcome.stopped_epoch)
+        elif not outcome.stopped:
+            outcome.value, outcome.value_epoch = outcome.objective(objective.metric, objective.direction,
+                                                                   objective.at)
+            trial.set_user_attr("objective_epoch", outcome.value_epoch)
+        state = "PRUNED" if outcome.stopped else "COMPLETE"
+    observers.trial_finishing(trial)
+    try:
+        if state == "COMPLETE":
+            study.tell(trial, outcome.value)
+        else:
+            study.tell(trial, state=states[state])
+    except optuna.exceptions.UpdateFinishedTrialError:
+        logger.debug("trial %d was failed by another process before its end was told", trial.number)
+        return "FAIL"
+    observers.trial_ended(trial, state, outcome if error is None else None, error)
     return state

@@ -3,12 +3,14 @@ tracking. Under torchrun, rank 0 runs the study and every other rank follows it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.config.overrides import Overrides, resolve_spec
 from lrsearch.errors import UsageError
 from lrsearch.study.loop import run_study
+from lrsearch.study.observers import Observers, observing
 from lrsearch.study.storage import check_storage_url, count_trials, create_study, open_storage, storage_url
 from lrsearch.training.devices import torchrun_env
 
@@ -16,9 +18,56 @@ if TYPE_CHECKING:
     import optuna
 
     from lrsearch.config.spec import StudySpec
-    from lrsearch.study.trials import TuneObserver
+    from lrsearch.study.observers import TuneObserver
     from lrsearch.training.prepared import Prepared
     from lrsearch.training.trial import Collective
+
+__all__ = ["StudySetup", "narrow_lr_ranges", "run_tune", "set_up_study", "tune"]
+
+
+@dataclass
+class StudySetup:
+    """What ``tune`` has once everything is checked: the study, its storage and what this process loaded."""
+
+    spec: StudySpec
+    url: str
+    storage: Any
+    """The opened storage the study lives on (its heartbeats are recorded there)."""
+    study: optuna.Study
+    prepared: Prepared
+    nproc: int
+    """Ranks per trial."""
+
+    @property
+    def finished(self) -> bool:
+        """The study's budget is complete: nothing to train."""
+        return count_trials(self.study) >= self.spec.budget.n_trials
+
+
+def set_up_study(spec: StudySpec | str | Path | dict[str, Any], overrides: Overrides | None = None, *,
+                 storage: str | None = None, study_name: str | None = None, launch: dict[str, Any] | None = None,
+                 queue: bool = True) -> StudySetup:
+    """Check everything, then create or load the study: the one set-up of ``tune``, of its workers and of the
+    process that starts them.
+
+    Nothing is created (no storage file, no study) until the study file, the storage URL, the task and the ranks per
+    trial have been checked.
+
+    Args:
+        launch: torchrun's environment (this process is one of its ranks), or None.
+        queue: Queue the textbook portfolio's configurations that the budget has room for (see
+            :func:`~lrsearch.study.prior_search.enqueue_portfolio`); False in a worker, whose launcher queued them.
+    """
+    from lrsearch.training.prepared import prepare, prepare_rank, ranks_per_trial
+
+    spec = resolve_spec(spec, overrides)
+    url = storage_url(storage)
+    check_storage_url(url)
+    prepared = prepare_rank(spec, launch["local_rank"]) if launch else prepare(spec)
+    nproc = ranks_per_trial(spec, prepared.device, launch)
+    opened = open_storage(url)
+    study = create_study(spec, opened, study_name or spec.name, queue=queue)
+    return StudySetup(spec, url, opened, study, prepared, nproc)
 
 
 def run_tune(
@@ -27,18 +76,18 @@ def run_tune(
     *,
     storage: str | None = None,
     study_name: str | None = None,
-    observers: list[TuneObserver] | None = None,
+    observers: Observers | list[TuneObserver] | None = None,
     workers: int = 1,
+    worker: bool = False,
 ) -> tuple[optuna.Study | None, bool]:
     """Validate everything, then create or resume the study and run it; False when it was already finished.
 
-    Nothing is created (no storage file, no study) until the study file, the storage URL and the task have
-    been checked. Under torchrun, rank 0 runs the study and every other rank follows it (and gets ``None``).
-    ``workers`` is how many tune processes share this machine's cores.
+    Under torchrun, rank 0 runs the study and every other rank follows it (and gets ``None``). ``workers`` is how
+    many tune processes share this machine's cores; ``worker`` says this is one of them (its launcher queued the
+    portfolio).
     """
     from lrsearch.distributed.gang import open_gang
     from lrsearch.distributed.torchrun import follow_torchrun, open_torchrun_collective
-    from lrsearch.training.prepared import prepare, prepare_rank, ranks_per_trial
     from lrsearch.training.threads import configure_threads
 
     spec = resolve_spec(spec, overrides)
@@ -46,42 +95,34 @@ def run_tune(
     if launch is not None and launch["rank"] != 0:
         follow_torchrun(spec, launch)  # no storage, no observers: trains what rank 0 announces
         return None, False
-    url = storage_url(storage)
-    check_storage_url(url)
-    prepared = prepare_rank(spec, launch["local_rank"]) if launch else prepare(spec)
-    nproc = ranks_per_trial(spec, prepared.device, launch)
-    opened = open_storage(url)
-    study = create_study(spec, opened, study_name or spec.name)
-    finished = count_trials(study) >= spec.budget.n_trials
+    setup = set_up_study(spec, storage=storage, study_name=study_name, launch=launch, queue=not worker)
+    observers = observing(observers)
+    study, prepared, finished = setup.study, setup.prepared, setup.finished
     if finished and launch is None:
-        for observer in observers or []:
-            observer.study_finished(study, spec)
+        observers.study_finished(study, setup.spec)
         return study, False
     # Every rank and every worker on this machine shares its cores.
-    configure_threads(spec.train.threads, workers=launch["local_world_size"] if launch else workers * nproc,
-                      prepared=prepared)
-    group = open_torchrun_collective(prepared, launch) if launch else open_gang(prepared, nproc)
+    configure_threads(setup.spec.train.threads,
+                      workers=launch["local_world_size"] if launch else workers * setup.nproc, prepared=prepared)
+    group = open_torchrun_collective(prepared, launch) if launch else open_gang(prepared, setup.nproc)
     with group as collective:
         if finished:
             return study, False  # torchrun: rank 0 still joined, so the other ranks are told to stop
         narrow_lr_ranges(study, prepared)
-        _observed(study, opened, prepared, list(observers or []), collective)
+        _observed(study, setup.storage, prepared, observers, collective)
     return study, True
 
 
-def _observed(study: optuna.Study, storage: Any, prepared: Prepared, observers: list[TuneObserver],
+def _observed(study: optuna.Study, storage: Any, prepared: Prepared, observers: Observers,
               collective: Collective) -> None:
     """Run the study loop between the observers' ``study_started`` and ``study_ended``."""
-    for observer in observers:
-        observer.study_started(study, prepared.spec)
+    observers.study_started(study, prepared.spec)
     try:
         run_study(study, storage, prepared, observers, collective)
     except BaseException as exc:
-        for observer in observers:
-            observer.study_ended(study, exc)
+        observers.study_ended(study, exc)
         raise
-    for observer in observers:
-        observer.study_ended(study, None)
+    observers.study_ended(study, None)
 
 
 def narrow_lr_ranges(study: optuna.Study, prepared: Prepared) -> None:
@@ -114,9 +155,9 @@ def tune(
 
     Args:
         spec: A study file path, its parsed dict, or a :class:`~lrsearch.config.spec.StudySpec`.
-        storage: Optuna storage URL; default ``LRSEARCH_STORAGE`` or ``sqlite:///lrsearch.db``.
+        storage: Optuna storage URL; default ``LRSEARCH_STORAGE``, else ``lrsearch.journal`` here.
         study_name: Defaults to the study file's ``name``.
-        observers: Progress display, tracking: see :class:`TuneObserver`.
+        observers: Progress display, tracking: see :class:`~lrsearch.study.observers.TuneObserver`.
         **overrides: Single fields to replace, as the CLI flags: ``n_trials``, ``epochs``, ``timeout``,
             ``sampler``, ``pruner``, ``seed``, ``device``, ``nproc_per_trial``, ``lr_range``, ``batch_trials``.
 

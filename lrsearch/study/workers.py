@@ -17,18 +17,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lrsearch.config.overrides import Overrides, resolve_spec
 from lrsearch.distributed.processes import stop_processes
 from lrsearch.errors import Interrupted, TrialRuntimeError, UsageError
-from lrsearch.study.storage import check_storage_url, count_trials, create_study, open_storage, storage_url
+from lrsearch.study.observers import Observers
+from lrsearch.study.storage import storage_url
 from lrsearch.study.tune import narrow_lr_ranges
 
 if TYPE_CHECKING:
     import optuna
 
-    from lrsearch.study.trials import TuneObserver
+    from lrsearch.study.observers import TuneObserver
     from lrsearch.training.prepared import Prepared
 
 POLL_SECONDS = 1.0
@@ -74,24 +75,20 @@ def tune_with_workers(
         UsageError: a bad study, storage, task, or a rank count or batch size the workers could not run.
         TrialRuntimeError: a worker failed.
     """
-    from lrsearch.training.prepared import prepare, ranks_per_trial
+    from lrsearch.study.tune import set_up_study
 
     spec = resolve_spec(study_file, overrides)
-    url = storage_url(storage)
-    check_storage_url(url)
-    if url.startswith("sqlite") and ":memory:" in url:
+    if storage_url(storage).startswith("sqlite") and ":memory:" in storage_url(storage):
         raise UsageError("--workers needs a storage that several processes can share, not an in-memory SQLite")
-    prepared = prepare(spec)
-    ranks_per_trial(spec, prepared.device, None)  # the checks each worker would fail alike, said once here
-    study = create_study(spec, open_storage(url), study_name or spec.name)
-    if count_trials(study) >= spec.budget.n_trials:
-        if tracker is not None:
-            tracker.study_finished(study, spec)
+    setup = set_up_study(spec, storage=storage, study_name=study_name)  # the checks each worker would fail alike
+    study, url = setup.study, setup.url
+    observers = Observers([tracker] if tracker is not None else [])
+    if setup.finished:
+        observers.study_finished(study, spec)
         return study, False
-    narrow_lr_ranges(study, prepared)  # before the workers start, so they all search the same space
-    _release(prepared)
-    if tracker is not None:
-        tracker.study_started(study, spec)
+    narrow_lr_ranges(study, setup.prepared)  # before the workers start, so they all search the same space
+    _release(setup.prepared)
+    observers.study_started(study, spec)
     workers = len(gpus)
     command = [sys.executable, "-m", "lrsearch", "tune", str(study_file), *worker_args, "--storage", url,
                "--study-name", study.study_name, "--no-progress", "--worker-of", str(workers)]
@@ -114,8 +111,7 @@ def tune_with_workers(
         stop_processes(processes, signum, grace=STOP_GRACE)
         raise
     finally:
-        if tracker is not None:
-            tracker.study_ended(study, error)
+        observers.study_ended(study, error)
     return study, True
 
 
@@ -131,18 +127,3 @@ def _release(prepared: Prepared) -> None:
         import torch
 
         torch.cuda.empty_cache()
-
-
-def passthrough_args(params: dict[str, Any]) -> list[str]:
-    """The ``tune`` options a worker repeats, rebuilt from the parsed CLI parameters."""
-    flags = {"n_trials": "--n-trials", "epochs": "--epochs", "timeout": "--timeout", "sampler": "--sampler",
-             "pruner": "--pruner", "seed": "--seed", "device": "--device", "nproc_per_trial": "--nproc-per-trial",
-             "lr_range": "--lr-range", "batch_trials": "--batch-trials", "tracking_uri": "--tracking-uri",
-             "experiment": "--experiment"}
-    args: list[str] = []
-    for name, flag in flags.items():
-        if params.get(name) is not None:
-            args += [flag, str(params[name])]
-    if params.get("no_mlflow"):
-        args.append("--no-mlflow")
-    return args

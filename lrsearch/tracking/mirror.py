@@ -3,7 +3,7 @@ whatever killed the processes that were writing it, and writes only what differs
 
 The storage is the truth. Each ``tune`` records trials live (:mod:`lrsearch.tracking.recorder`); a kill of the whole
 process group, between Optuna's ``tell`` and the tracking process's write or in the middle of the study's last
-writes, leaves MLflow behind. Reconciling then brings it level:
+writes, or the death of the tracking process alone, leaves MLflow behind. Reconciling then brings it level:
 
 - every started trial has exactly one child run, created if missing, whose status follows the trial (COMPLETE →
   FINISHED, PRUNED → KILLED, FAIL → FAILED); a trial still RUNNING in the storage has a live heartbeat (stale ones
@@ -13,8 +13,10 @@ writes, leaves MLflow behind. Reconciling then brings it level:
   trial's number; with ``parent``, its ``best.*`` tags, best-configuration artifacts, plots and status match too.
 
 It runs at every ``tune``'s start (in the tracking process, while training starts), at the end of a study (the
-process owning the parent run), on an already finished study, and as ``lrsearch sync``. Trials refused a slot of the
-budget (:data:`~lrsearch.study.budget.BUDGET_TAKEN`) never trained and have no run.
+process owning the parent run), on an already finished study, and as ``lrsearch sync``. Trials that never trained
+(:data:`~lrsearch.study.budget.NEVER_TRAINED`: refused a slot of the budget, or queued when it was complete) have no
+run. Every metric point of a trial carries the trial's start time, in the live record and here alike: when a
+reconciliation and a live record write the same point at once, MLflow's SQL store keeps one row.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.errors import LrsearchError, TrackingError, UsageError
-from lrsearch.study.budget import BUDGET_TAKEN
+from lrsearch.errors import LrsearchError, TrackingError, UsageError, first_line
+from lrsearch.study.budget import NEVER_TRAINED
 from lrsearch.study.heartbeat import fail_stale_trials
 from lrsearch.tracking.recorder import N_TRIALS_TAG, Recorder, retry
 from lrsearch.tracking.runs import (
@@ -35,6 +37,7 @@ from lrsearch.tracking.runs import (
     STATUS,
     TRIAL_ROLE,
     final_metrics,
+    point_time,
     trial_params,
     trial_result_tags,
 )
@@ -87,7 +90,7 @@ def reconcile(recorder: Recorder, study: optuna.Study, storage: Any, *, n_trials
     trials = study.get_trials(deepcopy=False)
     runs = _runs_by_number(recorder)
     report = MirrorReport(running=sum(t.state == states.RUNNING for t in trials))
-    mirrored = [t for t in trials if t.state.is_finished() and t.user_attrs.get("fail_reason") != BUDGET_TAKEN]
+    mirrored = [t for t in trials if t.state.is_finished() and t.user_attrs.get("fail_reason") not in NEVER_TRAINED]
     for trial in mirrored:
         _reconcile_trial(recorder, study, trial, runs.pop(trial.number, []), report)
     live = {t.number for t in trials if not t.state.is_finished()}
@@ -115,6 +118,7 @@ def _ms(moment: Any) -> int | None:
     return int(moment.timestamp() * 1000) if moment is not None else None
 
 
+
 def _reconcile_trial(recorder: Recorder, study: optuna.Study, trial: optuna.trial.FrozenTrial, found: list[Run],
                      report: MirrorReport) -> None:
     run = _keep_one(recorder, trial, found, report)
@@ -133,7 +137,7 @@ def _reconcile_trial(recorder: Recorder, study: optuna.Study, trial: optuna.tria
     if not (history or missing_tags or missing_params or run.info.status != status):
         return
     # Data first, the status last: a reconciliation cut short leaves the run RUNNING, so the next one looks again.
-    _write(recorder, run.info.run_id, history, missing_params, missing_tags, _ms(trial.datetime_complete))
+    _write(recorder, run.info.run_id, history, missing_params, missing_tags, point_time(trial))
     if run.info.status != status:
         retry(lambda: recorder.client.set_terminated(run.info.run_id, status=status,
                                                      end_time=_ms(trial.datetime_complete)))
@@ -190,7 +194,7 @@ def _write(recorder: Recorder, run_id: str, history: dict[tuple[str, int], float
            params: dict[str, str] | None = None, tags: dict[str, str] | None = None,
            timestamp: int | None = None) -> None:
     """Metrics (``{(key, step): value}``), params and tags in as few writes as MLflow's batch limits allow.
-    Metrics carry the trial's finish time, so a value written twice is stored once."""
+    Metrics carry the trial's :func:`point_time`, as the live record's do, so a value written twice is stored once."""
     from mlflow.entities import Metric, Param, RunTag
 
     metrics = [Metric(k, v, timestamp or 0, step) for (k, step), v in (history or {}).items()]
@@ -335,9 +339,7 @@ def sync_study(name: str, storage_url: str, uri: str, *, experiment: str | None 
     except LrsearchError:
         raise
     except Exception as exc:  # MLflow's errors differ by store: report any in one line
-        text = str(exc).strip().splitlines()
-        raise TrackingError(f"cannot record to MLflow at {mask_password(uri)}: "
-                            f"{text[0] if text else type(exc).__name__}") from None
+        raise TrackingError(f"cannot record to MLflow at {mask_password(uri)}: {first_line(exc)}") from None
 
 
 def _sync_study(name: str, storage_url: str, uri: str, experiment: str | None, n_trials: int | None,

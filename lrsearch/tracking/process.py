@@ -3,13 +3,18 @@
 Every message is a tuple ``(kind, *args)`` from :class:`~lrsearch.tracking.tracker.MlflowTracker`; each kind has
 one handler here. Once the parent run is open (and the tune process told so), MLflow is reconciled with the study
 (:func:`~lrsearch.tracking.mirror.reconcile`) while the first trial trains; again when the study ends. If the tune
-process goes away (its end of the socket closes), every run it left open is ended as FAILED, so no run stays
-RUNNING.
+process goes away
+(its end of the socket closes), every run it left open is ended as FAILED, so no run stays RUNNING. A failure here
+is sent to the tune process as one line (``("error", text)``), which warns once and trains on; nothing is printed
+here unless ``LRSEARCH_DEBUG`` is set.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -17,6 +22,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from lrsearch.errors import first_line
 from lrsearch.study.storage import mask_password
 from lrsearch.tracking.tracker import tracking_uri
 
@@ -54,9 +60,13 @@ class TrackingProcess:
                 getattr(self, f"on_{kind}")(*args)
         except (EOFError, ConnectionResetError):
             pass  # the tune process is gone (closed, or killed mid-message): close what it left open
-        except Exception:
-            traceback.print_exc()
-        self.abandon()
+        except Exception as exc:
+            if os.environ.get("LRSEARCH_DEBUG") == "1":
+                traceback.print_exc()
+            with contextlib.suppress(OSError):
+                self.conn.send(("error", f"MLflow could not be written ({first_line(exc)})"))
+        with contextlib.suppress(Exception):  # MLflow itself may be what failed: the next sync repairs it
+            self.abandon()
 
     def on_open(self, uri: str | None, experiment: str, study_name: str, storage: str, masked: str,
                 parent_id: str | None, spec: dict[str, Any], source: str | None,
@@ -72,7 +82,7 @@ class TrackingProcess:
             run_id = self.recorder.open_parent(parent_id, spec, masked, source, lr_ranges, n_trials)
         except Exception as exc:
             self.conn.send(("error", f"cannot record to MLflow at {mask_password(tracking_uri(uri))}: "
-                                     f"{_first_line(exc)}"))
+                                     f"{first_line(exc)}"))
             self.recorder, self.done = None, True
             return
         self.conn.send(("parent", run_id))
@@ -82,8 +92,8 @@ class TrackingProcess:
         try:  # while the tune process trains
             reconcile(self.recorder, self.study, self.storage, parent=False)
         except Exception as exc:  # the live record goes on; the study's end or `lrsearch sync` tries again
-            print(f"warning: MLflow was not brought level with study {study_name}: {_first_line(exc)}",
-                  file=sys.stderr)
+            if os.environ.get("LRSEARCH_DEBUG") == "1":
+                print(f"MLflow was not brought level with study {study_name}: {first_line(exc)}", file=sys.stderr)
 
     def on_trial_started(self, number: int, config: dict[str, Any], training: dict[str, Any]) -> None:
         self.conn.send(("run", number, self.recorder.trial_started(number, config, training)))
@@ -102,7 +112,7 @@ class TrackingProcess:
         if self.best is None or (value < self.best if minimize else value > self.best):
             from lrsearch.tracking.mirror import log_best_values
 
-            # The tune process tells Optuna of this trial after sending this: its value comes with the message.
+            # Its value comes with the message: this process may not have read the trial's end from the storage yet.
             self.best = value
             log_best_values(self.recorder, self.study, pending={number: value})
 
@@ -122,8 +132,6 @@ class TrackingProcess:
             self.recorder.client.set_terminated(self.recorder.parent_run_id, status="FAILED")
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _best_value(study: optuna.Study) -> float | None:
@@ -136,6 +144,16 @@ def _best_value(study: optuna.Study) -> float | None:
         return None
 
 
+def quiet_mlflow() -> None:
+    """MLflow's and alembic's info lines ("Creating initial MLflow database tables...") are not the user's
+    business; ``LRSEARCH_DEBUG`` keeps them. MLflow sets its loggers' level from ``MLFLOW_LOGGING_LEVEL`` when it is
+    imported."""
+    if os.environ.get("LRSEARCH_DEBUG") != "1":
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the tune process decides
+    quiet_mlflow()
     TrackingProcess(Connection(int(sys.argv[1]))).serve()

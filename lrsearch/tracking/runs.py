@@ -70,6 +70,15 @@ def final_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
             and math.isfinite(v)}
 
 
+def point_time(trial: Any) -> int:
+    """The timestamp (ms) of every metric point of ``trial`` (an ``optuna.Trial`` or a frozen one): its start, which
+    every process reads alike from the storage. MLflow's SQL store keys a point by metric, step, value and time, so
+    the live record and a reconciliation that write the same point at once store it once (an epoch's wall time is
+    its ``epoch_seconds`` metric)."""
+    start = trial.datetime_start
+    return int(start.timestamp() * 1000) if start is not None else 0
+
+
 def param_text(value: Any) -> str:
     """A param's value as MLflow stores it: JSON for lists and dicts, capped at MLflow's 6000 characters."""
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)

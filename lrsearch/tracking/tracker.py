@@ -1,13 +1,15 @@
 """MLflow tracking of a study, done in a separate process so logging never slows training.
 
-:class:`MlflowTracker` is a :class:`~lrsearch.study.trials.TuneObserver`: each event becomes one small message on a
+:class:`MlflowTracker` is a :class:`~lrsearch.study.observers.TuneObserver`: each event becomes one small message on a
 socket to a tracking process (``python -m lrsearch.tracking.process``) that owns the MLflow client and does all the
 writing (:mod:`lrsearch.tracking.recorder`). The training process never imports mlflow and never waits on the
-tracking store, except to learn a trial's run id at the trial's end (normally already there).
+tracking store, except for the parent run when the study starts, a trial's run id when the trial ends (normally
+there long before), and the last writes when the study ends.
 
-If the tune process is killed, the tracking process sees its socket close and ends every open run as FAILED, so
-no run is left RUNNING. When both die at once (the whole process group killed, a machine lost), the next ``tune``
-of the study, or ``lrsearch sync``, brings MLflow level with the study (:mod:`lrsearch.tracking.mirror`).
+MLflow is the study's copy, never a condition of training: if the tracking process dies or MLflow cannot be
+written, the tracker says so in one warning line and the study goes on without it; the end of ``tune`` (or
+``lrsearch sync``) brings MLflow level with the study (:mod:`lrsearch.tracking.mirror`). If the tune process is
+killed, the tracking process sees its socket close and ends every open run as FAILED, so no run is left RUNNING.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from multiprocessing.connection import Connection, Pipe
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.errors import TrackingError
+from lrsearch.errors import LrsearchError, TrackingError
+from lrsearch.study.observers import warn
 from lrsearch.study.storage import mask_password
 from lrsearch.study.trials import fail_reason
-from lrsearch.tracking.runs import PARENT_ATTR, RUN_ATTR, result_tags
+from lrsearch.tracking.runs import PARENT_ATTR, RUN_ATTR, point_time, result_tags
 
 if TYPE_CHECKING:
     import optuna
@@ -31,8 +33,12 @@ if TYPE_CHECKING:
     from lrsearch.training.trial import EpochMetrics, TrialOutcome
 
 __all__ = ["PARENT_ATTR", "RUN_ATTR", "MlflowTracker", "TrackingError", "tracking_uri"]
+RUN_ID_TIMEOUT = 30.0
+"""Seconds a trial's end waits for its run id (the tracking process creates the run as the trial starts; a store
+migrating its schema, or the first reconciliation of a large study, can hold it up)."""
 START_TIMEOUT = 300.0
-"""Seconds to wait for the tracking process to open the parent run (a new SQLite store migrates its schema)."""
+"""Seconds to wait for the tracking process to open the parent run (a new SQLite store migrates its schema), and
+to write the study's last record when it ends."""
 
 
 def tracking_uri(uri: str | None) -> str:
@@ -57,11 +63,17 @@ class MlflowTracker:
         self.owns_parent = owns_parent
         self.experiment = experiment
         self.storage_url = storage_url
+        self.stopped: str | None = None
+        """Why tracking stopped during this run (None while it records); the study goes on without it."""
+        self._opened = False
+        self._study_name = ""
+        self._n_trials: int | None = None
         self._conn: Connection | None = None
         self._process: subprocess.Popen | None = None
         self._run_ids: dict[int, str] = {}
 
     def study_started(self, study: optuna.Study, spec: StudySpec) -> None:
+        self._study_name, self._n_trials = study.study_name, spec.budget.n_trials
         parent, child = Pipe()
         self._process = subprocess.Popen([sys.executable, "-m", "lrsearch.tracking.process", str(child.fileno())],
                                          pass_fds=[child.fileno()])
@@ -73,7 +85,9 @@ class MlflowTracker:
                    spec.model_dump(mode="json"), spec.source, study.user_attrs.get("lr_ranges"), self.owns_parent,
                    spec.budget.n_trials)
         reply = self._reply("parent", START_TIMEOUT)
-        study.set_user_attr(PARENT_ATTR, reply[1])
+        if reply is not None:
+            self._opened = True
+            study.set_user_attr(PARENT_ATTR, reply[1])
 
     def trial_started(self, trial: optuna.Trial, config: dict[str, Any]) -> None:
         self._send("trial_started", trial.number, config, trial.user_attrs.get("training", {}))
@@ -81,7 +95,16 @@ class MlflowTracker:
     def epoch_ended(self, trial: optuna.Trial, epoch: EpochMetrics) -> None:
         values = {**epoch.metrics, "lr": epoch.lr, "epoch_seconds": epoch.epoch_seconds,
                   "samples_per_second": epoch.samples_per_second}
-        self._send("epoch", trial.number, epoch.epoch, values, int(time.time() * 1000))
+        self._send("epoch", trial.number, epoch.epoch, values, point_time(trial))
+
+    def trial_finishing(self, trial: optuna.Trial) -> None:
+        """Record the trial's run id on the trial (``mlflow_run_id``) before Optuna is told its result."""
+        while self._conn is not None and trial.number not in self._run_ids:
+            if self._reply("run", RUN_ID_TIMEOUT, required=False) is None:
+                return  # late: the trial's run is found by its number (lrsearch sync, the study's end)
+        run_id = self._run_ids.pop(trial.number, None)
+        if run_id is not None:
+            trial.set_user_attr(RUN_ATTR, run_id)
 
     def trial_ended(self, trial: optuna.Trial, state: str, outcome: TrialOutcome | None,
                     error: BaseException | None) -> None:
@@ -94,15 +117,10 @@ class MlflowTracker:
                            fail_reason=fail_reason(error) if error is not None else None)
         value = outcome.value if outcome is not None else None
         minimize = trial.study.direction == optuna.study.StudyDirection.MINIMIZE
-        peak = trial.user_attrs.get("peak_memory_mb")  # finish_trial records it before telling observers
+        peak = trial.user_attrs.get("peak_memory_mb")  # finish_trial records it before Optuna is told
         if peak is not None:
-            self._send("epoch", trial.number, 0, {"peak_memory_mb": peak}, int(time.time() * 1000))
+            self._send("epoch", trial.number, 0, {"peak_memory_mb": peak}, point_time(trial))
         self._send("trial_ended", trial.number, state, tags, value, minimize)
-        if isinstance(error, KeyboardInterrupt):
-            return  # Ctrl-C: don't wait on the tracking process; study_ended closes everything
-        run_id = self._run_id(trial.number)
-        if run_id is not None:
-            trial.set_user_attr(RUN_ATTR, run_id)
 
     def study_finished(self, study: optuna.Study, spec: StudySpec) -> None:
         """The study was finished before this ``tune`` started: bring MLflow level with it, as ``lrsearch sync``
@@ -113,45 +131,101 @@ class MlflowTracker:
                    n_trials=spec.budget.n_trials, parent=self.owns_parent)
 
     def study_ended(self, study: optuna.Study, error: BaseException | None = None) -> None:
-        if self._conn is None:
-            return
-        status = "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        try:
+        if self._conn is not None:
+            status = "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
             self._send("study_ended", status, self.owns_parent)
             self._reply("closed", START_TIMEOUT)
-        finally:
+            self._close()
+        if self.stopped is not None and self._opened and not isinstance(error, KeyboardInterrupt):
+            self._bring_level(study)
+
+    # -- when tracking fails ---------------------------------------------------------------------------------
+    def _stop(self, reason: str) -> None:
+        """Tracking failed: say so once, and go on without it (the storage holds every result)."""
+        if self.stopped is None:
+            self.stopped = reason
+            name = self._study_name or "NAME"
+            warn(f"MLflow tracking stopped: {reason}; the study goes on without it, and `lrsearch sync {name}` "
+                 "brings MLflow level with it")
+        self._close()
+
+    def _close(self) -> None:
+        """Close the socket and wait for the tracking process (it ends its open runs first), killing it if it
+        hangs."""
+        if self._conn is not None:
             self._conn.close()
             self._conn = None
-            if self._process is not None:
-                self._process.wait(timeout=60)
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=60 if self.stopped is None else 10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def _bring_level(self, study: optuna.Study) -> None:
+        """After the tracking process died mid-study: make MLflow match the study from this process, once."""
+        from lrsearch.tracking.mirror import sync_study
+
+        try:
+            sync_study(study.study_name, self.storage_url, tracking_uri(self.uri), experiment=self.experiment,
+                       n_trials=self._n_trials, parent=self.owns_parent)
+        except LrsearchError as exc:
+            warn(f"MLflow was not brought level with study {study.study_name} ({exc}); run "
+                 f"`lrsearch sync {study.study_name}` when it can be written")
 
     # -- the socket to the tracking process -----------------------------------------------------------------
     def _send(self, *message: Any) -> None:
+        if self._conn is None:
+            return
         try:
             self._conn.send(message)
         except (BrokenPipeError, ConnectionResetError, OSError) as exc:
-            raise TrackingError(f"the MLflow tracking process stopped ({exc})") from None
+            self._stop(self._exit_reason() or f"the tracking process is gone ({exc})")
+            return
+        self._read_errors()
 
-    def _reply(self, kind: str, timeout: float) -> tuple:
+    def _read_errors(self) -> None:
+        """What the tracking process sent since the last message: run ids, or an error (it stops after one)."""
+        try:
+            while self._conn is not None and self._conn.poll(0):
+                self._take(self._conn.recv())
+        except (EOFError, OSError):
+            self._stop(self._exit_reason() or "the tracking process is gone")
+
+    def _reply(self, kind: str, timeout: float, required: bool = True) -> tuple | None:
+        """The next message of ``kind`` from the tracking process; None (tracking stopped) on an error or its exit,
+        and on no answer within ``timeout`` seconds (which stops tracking only when the answer is ``required``)."""
+        import time
+
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self._conn.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
-                if self._process is not None and self._process.poll() is not None:
-                    raise TrackingError(f"the MLflow tracking process exited with code {self._process.returncode}")
-                continue
+        while self._conn is not None and time.monotonic() < deadline:
             try:
+                if not self._conn.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+                    if self._process is not None and self._process.poll() is not None:
+                        self._stop(self._exit_reason())
+                    continue
                 message = self._conn.recv()
-            except EOFError:
-                raise TrackingError("the MLflow tracking process stopped") from None
+            except (EOFError, OSError):
+                self._stop(self._exit_reason() or "the tracking process is gone")
+                return None
+            self._take(message)
             if message[0] == "error":
-                raise TrackingError(message[1])
-            if message[0] == "run":
-                self._run_ids[message[1]] = message[2]
+                return None
             if message[0] == kind:
                 return message
-        raise TrackingError(f"no answer from the MLflow tracking process within {timeout:.0f} s")
+        if self._conn is not None and required:
+            self._stop(f"no answer from the tracking process within {timeout:.0f} s")
+        return None
 
-    def _run_id(self, number: int) -> str | None:
-        while number not in self._run_ids:
-            self._reply("run", START_TIMEOUT)
-        return self._run_ids.pop(number)
+    def _take(self, message: tuple) -> None:
+        if message[0] == "run":
+            self._run_ids[message[1]] = message[2]
+        elif message[0] == "error":
+            self._stop(message[1])
+
+    def _exit_reason(self) -> str:
+        if self._process is None or self._process.poll() is None:
+            return ""
+        code = self._process.returncode
+        return f"the tracking process exited ({'killed by signal ' + str(-code) if code < 0 else 'code ' + str(code)})"

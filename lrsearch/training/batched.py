@@ -7,8 +7,9 @@ builds it) and copied K times into one ``[K, P]`` tensor, a row per member; ``to
 ``torch.func.vmap`` runs the K forwards and backwards as one. Members of different optimizers share the stack: their
 rows are grouped per optimizer so each group's update is one block (:mod:`lrsearch.training.batched_updates`).
 
-Every member follows the sequential loop's rules: its own divergence check at the same steps, its own ``on_epoch``
-hook (pruning), its own lr schedule (computed by torch's schedulers). A stopped member is dropped from the stack;
+Every member follows the sequential loop's rules (a :class:`~lrsearch.training.trial.TrialMonitor` each): its own
+divergence check at the same steps, its own ``on_epoch`` hook (pruning), its own lr schedule (computed by torch's
+schedulers). A stopped member is dropped from the stack;
 members never mix: a NaN in one member's loss or weights reaches no other row.
 """
 
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import TaskError, UsageError
 from lrsearch.training.runner import batch_scores, validation_names
-from lrsearch.training.trial import EpochMetrics, TrialOutcome, TrialSettings, check_due, diverging, epoch_diverged
+from lrsearch.training.trial import EpochMetrics, TrialMonitor, TrialOutcome, TrialSettings, check_due
 
 if TYPE_CHECKING:
     import torch
@@ -52,10 +53,13 @@ class Member:
     """How its steps are computed: ``fused``, ``stacked`` or ``torch`` (see ``batched_updates.choose_update``)."""
     schedule: dict[str, Any]
     lr: float
-    on_epoch: Callable[[EpochMetrics], bool] | None
-    outcome: TrialOutcome
+    monitor: TrialMonitor
+    """Its stop rules (the sequential trial's) and its outcome."""
     lrs: Sequence[float] = ()
-    first_loss: float | None = None
+
+    @property
+    def outcome(self) -> TrialOutcome:
+        return self.monitor.outcome
 
 
 def train_trials_batched(
@@ -138,7 +142,8 @@ def prepare_stack(task: Task, data: TaskData, configs: Sequence[dict[str, Any]],
         if update != "auto" and chosen != "torch":
             chosen = update
         members.append(Member(index, torch_class, kwargs, chosen, config.get("schedule") or {"name": "constant"},
-                              float(hyperparameters(torch_class, kwargs)["lr"]), hook, TrialOutcome(IMPLEMENTATION)))
+                              float(hyperparameters(torch_class, kwargs)["lr"]),
+                              TrialMonitor(TrialOutcome(IMPLEMENTATION), hook)))
     steps_per_epoch = math.ceil(data.n_train / settings.batch_size)
     sequences = lr_sequences([(m.schedule, m.lr) for m in members], steps_per_epoch * settings.epochs)
     for member, lrs in zip(members, sequences, strict=True):
@@ -259,9 +264,9 @@ def _train(stack: Stack, task: Task, data: TaskData, settings: TrialSettings) ->
             loss_sum += losses * len(inputs)
             if step == 0:
                 for member, value in zip(stack.members, losses.tolist(), strict=True):
-                    member.first_loss = value
+                    member.monitor.first_step(value)
             elif check_due(step):
-                loss_sum = _drop_diverged(stack, losses.tolist(), loss_sum, epoch)
+                loss_sum = _drop_diverged(stack, losses.tolist(), loss_sum, epoch, step)
                 if not stack.members:
                     return
             step += 1
@@ -270,15 +275,9 @@ def _train(stack: Stack, task: Task, data: TaskData, settings: TrialSettings) ->
         seconds = time.perf_counter() - started
         stopped = []
         for member, values in sorted(zip(stack.members, metrics, strict=True), key=lambda mv: mv[0].index):
-            epoch_metrics = EpochMetrics(epoch, values, member.lrs[step], seconds, n_train / train_seconds)
-            member.outcome.history.append(epoch_metrics)
-            if epoch_diverged(values, member.first_loss):
-                member.outcome.stop("diverged", epoch)
-            elif member.on_epoch is not None and member.on_epoch(epoch_metrics):
-                member.outcome.stop("pruned", epoch)
-            else:
-                continue
-            stopped.append(member)
+            record = EpochMetrics(epoch, values, member.lrs[step], seconds, n_train / train_seconds)
+            if member.monitor.epoch_ended(record) is not None:
+                stopped.append(member)
         if stopped:
             stack.drop(stopped)
             if not stack.members:
@@ -296,13 +295,14 @@ def _step(stack: Stack, inputs: Tensor, targets: Tensor, lrs: list[float], step:
                             "run it without --batch-trials") from exc
 
 
-def _drop_diverged(stack: Stack, losses: list[float], loss_sum: Tensor, epoch: int) -> Tensor:
+def _drop_diverged(stack: Stack, losses: list[float], loss_sum: Tensor, epoch: int, step: int) -> Tensor:
     """Stop and drop the members whose loss diverges; returns the epoch's loss sums of the members left."""
-    diverged = [m for m, v in zip(stack.members, losses, strict=True) if diverging(v, m.first_loss)]
+    diverged = [m for m, v in zip(stack.members, losses, strict=True)
+                if m.monitor.step_diverged(step, lambda v=v: v)]
     if not diverged:
         return loss_sum
     for member in diverged:
-        member.outcome.stop("diverged", epoch)
+        member.monitor.stop("diverged", epoch)
     loss_sum = loss_sum[[i for i, m in enumerate(stack.members) if m not in diverged]]
     stack.drop(diverged)
     return loss_sum

@@ -18,11 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import optuna  # TrialStopped must subclass optuna.TrialPruned; this module is only imported to run trials
-
 from lrsearch.config.search_space import flat_params
-from lrsearch.errors import SpecError, TaskError
-from lrsearch.training.trial import EpochMetrics, TrialOutcome, TrialSettings, check_due, diverging
+from lrsearch.errors import TaskError, UsageError
+from lrsearch.training.trial import EpochMetrics, TrialMonitor, TrialOutcome, TrialSettings
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +33,7 @@ class ContextError(TaskError):
     is not a number); every trial would fail the same way, so the study stops."""
 
 
-class TrialStopped(optuna.TrialPruned):
+class TrialStopped(Exception):
     """Raised by :meth:`TrialContext.report` when the trial must end; let it propagate out of ``train(ctx)``.
 
     ``reason`` is ``"pruned"`` or ``"diverged"``; ``epoch`` is the epoch whose report stopped the trial.
@@ -78,13 +76,18 @@ class TrialContext:
         self.device = device
         self.trial_number = trial_number
         self.implementation = "user"
-        self.history: list[EpochMetrics] = []
         self.stopped: TrialStopped | None = None
-        self._target, self._metric, self._direction, self._on_epoch = target, metric, direction, on_epoch
+        self._target, self._metric = target, metric
+        self._monitor = TrialMonitor(FunctionOutcome("user"), on_epoch, objective=metric,
+                                     minimize=direction == "minimize")
         self._optimizer: torch.optim.Optimizer | None = None
-        self._first_loss: dict[str, float] = {}
         self._steps = 0
         self._last_time = time.perf_counter()
+
+    @property
+    def history(self) -> list[EpochMetrics]:
+        """The epochs reported so far."""
+        return self._monitor.outcome.history
 
     def __getstate__(self) -> dict[str, Any]:
         # It reports through this process's study: a copy in another process could not, so refuse, in one line.
@@ -155,12 +158,11 @@ class TrialContext:
             >>> ctx.check_divergence(loss.detach())  # after optimizer.step()
         """
         step, self._steps = self._steps, self._steps + 1
-        if step and not check_due(step):
-            return
-        value = float(loss)
-        first = self._first_loss.setdefault("train_loss", value)
-        if step and diverging(value, first) and self.stopped is None:
-            self.stopped = TrialStopped("diverged", self.history[-1].epoch + 1 if self.history else 0)
+        if self.stopped is None:
+            if step == 0:
+                self._monitor.first_step(float(loss))
+            elif self._monitor.step_diverged(step, lambda: float(loss)):
+                self._stop("diverged", self.history[-1].epoch + 1 if self.history else 0)
         if self.stopped is not None:
             raise self.stopped
 
@@ -170,14 +172,14 @@ class TrialContext:
         if lr is None:
             lr = self._optimizer.param_groups[0]["lr"] if self._optimizer is not None else math.nan
         rate = samples / seconds if samples is not None and seconds > 0 else math.nan
-        record = EpochMetrics(epoch, values, float(lr), seconds, rate)
-        self.history.append(record)
-        if self._diverging(values):
-            self.stopped = TrialStopped("diverged", epoch)
-        elif self._on_epoch is not None and self._on_epoch(record):
-            self.stopped = TrialStopped("pruned", epoch)
-        if self.stopped is not None:
+        reason = self._monitor.epoch_ended(EpochMetrics(epoch, values, float(lr), seconds, rate))
+        if reason is not None:
+            self.stopped = TrialStopped(reason, epoch)
             raise self.stopped
+
+    def _stop(self, reason: str, epoch: int) -> None:
+        self._monitor.stop(reason, epoch)
+        self.stopped = TrialStopped(reason, epoch)
 
     def _numbers(self, where: str, metrics: Mapping[Any, Any], require_objective: bool = False) -> dict[str, float]:
         values: dict[str, float] = {}
@@ -191,17 +193,6 @@ class TrialContext:
             raise ContextError(f"{where}: missing {self._metric!r}, the study's objective.metric "
                                f"(got: {', '.join(values) or 'no metrics'})")
         return values
-
-    def _diverging(self, values: dict[str, float]) -> bool:
-        checked = [values[name] for name in ("train_loss", "val_loss", self._metric) if name in values]
-        if not all(math.isfinite(value) for value in checked):
-            return True
-        minimised = self._direction == "minimize"
-        watched = next((name for name in ("train_loss", "val_loss") if name in values),
-                       self._metric if minimised else None)
-        if watched is None:  # a maximised metric and no loss: only non-finite values count
-            return False
-        return diverging(values[watched], self._first_loss.setdefault(watched, values[watched]))
 
 
 @dataclass
@@ -224,24 +215,32 @@ def run_function_trial(
     *,
     device: str,
     trial_number: int | None = None,
+    pruned_errors: tuple[type[BaseException], ...] = (),
 ) -> TrialOutcome:
     """Run one trial of ``function`` (function mode), the counterpart of :func:`~lrsearch.training.runner.train_trial`.
 
     ``on_epoch`` gets each reported epoch and returns True to prune. A report that prunes or diverges raises
     :class:`TrialStopped` inside ``function``; it is caught here and the outcome says ``"pruned"`` or
-    ``"diverged"`` at that epoch, even if ``function`` swallowed it and returned. A plain ``optuna.TrialPruned``
-    raised by ``function`` counts as pruned at its last report. If ``function`` never reports, its returned
-    metrics are recorded (and checked, and passed to ``on_epoch``) as epoch ``epochs - 1``.
+    ``"diverged"`` at that epoch, even if ``function`` swallowed it and returned. An exception of
+    ``pruned_errors`` raised by ``function`` (the study passes ``optuna.TrialPruned``) counts as pruned at its last
+    report. If ``function`` never reports, its returned metrics are recorded (and checked, and passed to
+    ``on_epoch``) as epoch ``epochs - 1``.
 
     Raises:
         ContextError: a report or the returned metrics lack the objective metric or hold a non-number, or
             ``function`` returned neither metrics nor reported any.
 
     Example:
+        >>> from lrsearch.config.spec import spec_from_dict
+        >>> def train(ctx):
+        ...     for epoch in range(ctx.epochs):
+        ...         ctx.report(epoch, val_loss=1.0 / (epoch + 1))
+        >>> spec = spec_from_dict({"name": "own-loop", "task": {"function": "own_loop:train"}})
+        >>> config = {"optimizer": "adam", "params": {"lr": 1e-3}, "schedule": {"name": "constant"}}
         >>> outcome = run_function_trial(train, spec, config, TrialSettings(epochs=3, batch_size=64, seed=0),
         ...                              device="cpu")
-        >>> outcome.final["val_loss"], outcome.stopped
-        (0.412, None)
+        >>> round(outcome.final["val_loss"], 4), outcome.stopped
+        (0.3333, None)
     """
     import torch
 
@@ -254,12 +253,13 @@ def run_function_trial(
         returned = function(ctx)
     except TrialStopped as stop:
         ctx.stopped = ctx.stopped or stop
-    except optuna.TrialPruned:
-        ctx.stopped = TrialStopped("pruned", ctx.history[-1].epoch if ctx.history else 0)
     except Exception as exc:
-        if ctx.stopped is None or not _caused_by(exc, ctx.stopped):
+        if isinstance(exc, pruned_errors):
+            ctx.stopped = TrialStopped("pruned", ctx.history[-1].epoch if ctx.history else 0)
+        elif ctx.stopped is None or not _caused_by(exc, ctx.stopped):
             raise  # a framework that wraps our stop in its own exception still stops; anything else fails
-    outcome = FunctionOutcome(ctx.implementation, ctx.history)
+    outcome = ctx._monitor.outcome
+    outcome.implementation = ctx.implementation
     if ctx.stopped is None:
         final = _returned_metrics(ctx, target, returned)
         if ctx.history:
@@ -296,30 +296,26 @@ def _caused_by(exc: BaseException | None, stop: TrialStopped) -> bool:
 
 
 def load_function(spec: StudySpec) -> Callable[[TrialContext], Any]:
-    """Import ``task.function`` once per process and check the study suits function mode.
+    """Import ``task.function`` once per process. The study file's own rules for function mode (one process per
+    trial, no LR range test) are checked with the study file (:mod:`lrsearch.config.spec`).
 
     Raises:
         TaskError: the function does not import, is not callable or does not take one argument.
-        SpecError: settings function mode cannot honour (several ranks per trial, the LR range test).
+        UsageError: this process is one of torchrun's ranks: a training function runs in one process per trial.
 
     Example:
+        >>> from lrsearch.config.spec import load_spec
         >>> train = load_function(load_spec("studies/examples/own_loop.yaml"))
+        >>> train.__name__
+        'train'
     """
     from lrsearch.training.devices import torchrun_env
     from lrsearch.training.tasks import import_callable
 
     target = spec.task.function
-    problems = []
-    nproc = spec.train.nproc_per_trial
-    if nproc != 1 or torchrun_env() is not None:
-        got = f"{nproc!r} under torchrun" if nproc == 1 else repr(nproc)
-        problems.append(f"train.nproc_per_trial: task.function trains in your own loop, one process per trial "
-                        f"(got {got}; allowed: 1, without torchrun; start DDP inside train() if needed)")
-    if spec.search.lr_range == "auto":
-        problems.append("search.lr_range: 'auto' runs the LR range test on a Task, and task.function has none "
-                        "(allowed: preset)")
-    if problems:
-        raise SpecError(spec.source or "<study>", problems)
+    if torchrun_env() is not None:
+        raise UsageError(f"task.function {target!r} trains in your own loop, one process per trial: it cannot run "
+                         "under torchrun (start DDP inside train() if needed)")
     function = import_callable(target, "task.function", spec.source)
     try:
         inspect.signature(function).bind(None)

@@ -13,16 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.training.trial import (
-    SINGLE_PROCESS,
-    Collective,
-    EpochMetrics,
-    TrialOutcome,
-    TrialSettings,
-    check_due,
-    diverging,
-    epoch_diverged,
-)
+from lrsearch.training.trial import SINGLE_PROCESS, Collective, EpochMetrics, TrialMonitor, TrialOutcome, TrialSettings
 
 if TYPE_CHECKING:
     import torch
@@ -43,8 +34,9 @@ def train_trial(
     """Train ``task`` with the optimizer and schedule in ``config`` and return the per-epoch history.
 
     ``on_epoch`` gets each epoch's metrics on rank 0 and returns True to stop the trial (pruned); a diverged
-    trial (non-finite loss, or loss above 10x its first value) stops at once with ``stopped="diverged"``.
-    Same config, seed and device give bit-identical metrics on CPU.
+    trial (non-finite loss, or loss above 10x its first value) stops at once with ``stopped="diverged"``: the
+    rules of :class:`~lrsearch.training.trial.TrialMonitor`. Same config, seed and device give bit-identical metrics
+    on CPU.
     """
     import torch
 
@@ -62,13 +54,13 @@ def train_trial(
     steps_per_epoch = math.ceil(n_train / settings.batch_size)
     scheduler = make_scheduler(config["schedule"], optimizer, steps_per_epoch * settings.epochs)
     outcome = TrialOutcome(implementation)
-    first_loss: float | None = None
+    monitor = TrialMonitor(outcome, on_epoch, collective)
     step = 0
 
     def finish(stopped: str | None = None, epoch: int = 0) -> TrialOutcome:
         outcome.skipped_steps = amp.skipped_steps()
         if stopped is not None:
-            outcome.stop(stopped, epoch)
+            monitor.stop(stopped, epoch)
         return outcome
 
     for epoch in range(settings.epochs):
@@ -86,27 +78,19 @@ def train_trial(
             if scheduler is not None:
                 scheduler.step()
             loss_sum += loss.detach() * len(inputs)
-            if first_loss is None:
-                first_loss = collective.sum(loss.detach() * weight).item() / collective.world_size
-            elif check_due(step) and collective.any(diverging(loss.item(), first_loss)):
+            if step == 0:
+                monitor.first_step(collective.sum(loss.detach() * weight).item() / collective.world_size)
+            elif monitor.step_diverged(step, loss.item):
                 return finish("diverged", epoch)
             step += 1
         train_seconds = time.perf_counter() - started
         metrics = {"train_loss": collective.sum(loss_sum).item() / n_train,
                    **evaluate(task, data, model, settings, collective)}
-        epoch_metrics = EpochMetrics(
-            epoch=epoch,
-            metrics=metrics,
-            lr=optimizer.param_groups[0]["lr"],
-            epoch_seconds=time.perf_counter() - started,
-            samples_per_second=n_train / train_seconds,
-        )
-        outcome.history.append(epoch_metrics)
-        if epoch_diverged(metrics, first_loss):
-            return finish("diverged", epoch)
-        stop = on_epoch(epoch_metrics) if on_epoch is not None and collective.rank == 0 else False
-        if collective.decide(stop):  # rank 0 decides; every rank stops at the same epoch
-            return finish("pruned", epoch)
+        record = EpochMetrics(epoch=epoch, metrics=metrics, lr=optimizer.param_groups[0]["lr"],
+                              epoch_seconds=time.perf_counter() - started,
+                              samples_per_second=n_train / train_seconds)
+        if monitor.epoch_ended(record) is not None:  # diverged, or pruned (every rank stops at the same epoch)
+            return finish()
     return finish()
 
 

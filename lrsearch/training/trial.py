@@ -4,6 +4,7 @@ and the :class:`Collective` through which a trial trains over several processes 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,11 +28,6 @@ def diverging(value: float, first: float | None) -> bool:
 def check_due(step: int) -> bool:
     """Whether to check the training loss for divergence after ``step`` (0-based optimizer steps)."""
     return step & (step - 1) == 0 or step % CHECK_EVERY == 0
-
-
-def epoch_diverged(metrics: dict[str, float], first_loss: float | None) -> bool:
-    """The rule at an epoch's end: the epoch's train loss diverges, or the validation loss is non-finite."""
-    return diverging(metrics["train_loss"], first_loss) or not math.isfinite(metrics["val_loss"])
 
 
 @dataclass(frozen=True)
@@ -96,6 +92,69 @@ class TrialOutcome:
         series = [(e.metrics[metric], e.epoch) for e in self.history[:-1] if metric in e.metrics] + [final]
         pick = min if direction == "minimize" else max  # both keep the first, earliest, of equal values
         return pick(series, key=lambda value_and_epoch: value_and_epoch[0])
+
+
+class TrialMonitor:
+    """How every trial stops, in one place: the plain loop, each member of a stack of trials and function mode
+    all follow it.
+
+    - **Steps**: after optimizer step ``step`` (0-based), at the steps :func:`check_due` names, the training loss
+      diverges (:func:`diverging`, against the first step's loss) on any rank: the trial stops at once.
+    - **An epoch's end**, in this order: the epoch is recorded; the trial has diverged when the train loss, the
+      validation loss or the objective is non-finite, or the watched loss (the train loss, else the validation
+      loss, else the objective when it is minimised) is above ``DIVERGENCE_FACTOR`` times its first value (the
+      first step's loss for the train loss, else the first epoch's value); else ``on_epoch`` reports the epoch
+      (rank 0 only) and its answer, given to every rank, prunes the trial.
+
+    The outcome says how and when the trial stopped (``outcome.stopped``, ``outcome.stopped_epoch``).
+    """
+
+    def __init__(self, outcome: TrialOutcome, on_epoch: Callable[[EpochMetrics], bool] | None = None,
+                 collective: Collective | None = None, objective: str | None = None, minimize: bool = True) -> None:
+        self.outcome, self.on_epoch = outcome, on_epoch
+        self.collective = collective if collective is not None else SINGLE_PROCESS
+        self.objective, self.minimize = objective, minimize
+        self.first: dict[str, float] = {}
+        """The reference of each watched loss: its first value."""
+
+    def first_step(self, loss: float) -> None:
+        """The first step's training loss (the mean over every rank): what later losses are compared with."""
+        self.first["train_loss"] = loss
+
+    def step_diverged(self, step: int, loss: Callable[[], float]) -> bool:
+        """Whether the trial diverged at optimizer step ``step`` (it is then stopped at ``epoch``); ``loss()`` reads
+        this rank's loss, only at the checked steps (each read is one host sync)."""
+        if step == 0 or not check_due(step) or "train_loss" not in self.first:
+            return False
+        return self.collective.any(diverging(loss(), self.first["train_loss"]))
+
+    def stop(self, reason: str, epoch: int) -> str:
+        """Stop the trial: ``reason`` is ``diverged`` or ``pruned``; returns it."""
+        self.outcome.stop(reason, epoch)
+        return reason
+
+    def epoch_ended(self, record: EpochMetrics) -> str | None:
+        """Record an epoch and apply the rules at its end; returns ``diverged`` or ``pruned`` when the trial stops
+        here, else None."""
+        self.outcome.history.append(record)
+        if self.epoch_diverged(record.metrics):
+            return self.stop("diverged", record.epoch)
+        prune = self.on_epoch(record) if self.on_epoch is not None and self.collective.rank == 0 else False
+        if self.collective.decide(prune):  # rank 0 decides; every rank stops at the same epoch
+            return self.stop("pruned", record.epoch)
+        return None
+
+    def epoch_diverged(self, metrics: dict[str, float]) -> bool:
+        """The rule at an epoch's end (see the class docstring)."""
+        objective = self.objective if self.objective in metrics else None
+        checked = [metrics[name] for name in ("train_loss", "val_loss", objective) if name in metrics]
+        if not all(math.isfinite(value) for value in checked):
+            return True
+        watched = next((name for name in ("train_loss", "val_loss") if name in metrics),
+                       objective if self.minimize else None)
+        if watched is None:  # a maximised metric and no loss: only non-finite values count
+            return False
+        return diverging(metrics[watched], self.first.setdefault(watched, metrics[watched]))
 
 
 class Collective(Protocol):
