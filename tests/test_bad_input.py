@@ -24,6 +24,9 @@ MODULE = textwrap.dedent('''
 
     def broken():
         raise ValueError("no data in /nowhere")
+
+    def type_bug(width=3):
+        return len(width)
 ''')
 
 
@@ -69,6 +72,8 @@ CASES = [
      "rejected task.args {'depth': 2}"),
     ("entrypoint raises", study(task={"entrypoint": "user_tasks:broken"}), ["tune"],
      "task.entrypoint 'user_tasks:broken' failed: ValueError: no data in /nowhere"),
+    ("entrypoint raises TypeError", study(task={"entrypoint": "user_tasks:type_bug", "args": {"width": 2}}), ["tune"],
+     "task.entrypoint 'user_tasks:type_bug' failed: TypeError: object of type 'int' has no len()"),
     ("metric the task lacks", study(objective={"metric": "val_f1"}), ["tune"],
      "objective.metric: 'val_f1' is not reported by this task (allowed: train_loss, val_loss, val_accuracy)"),
     ("malformed storage", study(), ["tune", "--storage", "not a url"], "storage URL 'not a url' is malformed"),
@@ -89,6 +94,11 @@ CASES = [
      "storage URL 'runs/lrsearch.journal': directory"),
     ("not a journal file", study(), ["tune", "--storage", "study.yaml"], "storage URL 'study.yaml' is malformed"),
     ("export bad format", None, ["export", "nope", "--format", "toml"], "--format 'toml' is not known"),
+    ("export into a missing directory", None, ["export", "nope", "-o", "missing/best.json"],
+     "-o 'missing/best.json': directory"),
+    ("export into a directory", None, ["export", "nope", "-o", "a_directory"], "'a_directory' is a directory"),
+    ("lr-find plot into a missing directory", study(), ["lr-find", "--plot", "missing/lr.png", "--no-mlflow"],
+     "--plot 'missing/lr.png': directory"),
     ("show bad format", None, ["show", "nope", "--format", "xml"], "--format 'xml' is not known"),
 ]
 

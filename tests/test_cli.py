@@ -86,6 +86,50 @@ def test_errors_are_one_line_with_exit_codes(tmp_path, storage) -> None:
     assert code == 2 and err.startswith("error: Missing argument")
 
 
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path) -> None:
+    missing = str(tmp_path / "missing.yaml")
+    plain = subprocess.run([sys.executable, "-m", "lrsearch", "tune", missing], capture_output=True, text=True)
+    debug = subprocess.run([sys.executable, "-m", "lrsearch", "--debug", "tune", missing], capture_output=True,
+                           text=True)
+    assert plain.returncode == debug.returncode == 2
+    assert "Traceback" not in plain.stderr and plain.stderr.count("\n") == 1
+    assert "Traceback (most recent call last)" in debug.stderr and "SpecError" in debug.stderr
+    assert debug.stderr.splitlines()[-1] == plain.stderr.strip() == f"error: {missing}: study file not found"
+
+
+BROKEN_FORWARD = """
+import torch
+from lrsearch.training.tasks import digits_mlp
+
+def make():
+    task = digits_mlp()
+    build = task.model
+
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = build()
+
+        def forward(self, x):
+            raise RuntimeError("a shape bug in the user's forward")
+
+    task.model = Broken
+    return task
+"""
+
+
+def test_three_failed_trials_in_a_row_stop_the_study_in_one_line(tmp_path, storage) -> None:
+    (tmp_path / "broken_task.py").write_text(BROKEN_FORWARD)
+    path = write_study(tmp_path, tiny_study(task={"entrypoint": "broken_task:make"}, budget={"n_trials": 5}))
+    code, _, err = run("tune", str(path), "--storage", storage, "--no-mlflow", "--no-progress")
+    assert code == 1 and err.count("\n") == 1, err
+    assert err == ("error: 3 trials in a row failed; last, trial 2: RuntimeError: a shape bug in the user's "
+                   "forward\n")
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3
+    assert {t.user_attrs["fail_reason"] for t in study.trials} == {"RuntimeError: a shape bug in the user's forward"}
+
+
 def test_lr_find_json_and_mlflow_run(tmp_path) -> None:
     from mlflow import MlflowClient
 

@@ -132,3 +132,88 @@ def test_no_mlflow_records_nothing(tmp_path, storage) -> None:
     result = CliRunner().invoke(cli, ["tune", str(path), "--storage", storage, "--no-mlflow", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def _children(pid: int, marker: str) -> list[int]:
+    """The processes whose parent is ``pid`` and whose command line holds ``marker``."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if parent == pid and marker in command:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_tracking_process_costs_no_trial_and_one_sync_brings_mlflow_level(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_study(tmp_path, tiny_study(budget={"n_trials": 6, "epochs": 4}, train={"batch_size": 16}))
+    storage, uri = str(tmp_path / "lrsearch.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tune = subprocess.Popen([sys.executable, "-m", "lrsearch", "tune", str(path), "--storage", storage,
+                             "--tracking-uri", uri, "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    killed_in = None
+    deadline = time.monotonic() + 300
+    while killed_in is None and tune.poll() is None and time.monotonic() < deadline:
+        # The event: a trial after the first ones is training (an epoch reported, more to come).
+        study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(storage))) if os.path.exists(storage) else None
+        running = [t for t in (study.get_trials(deepcopy=False) if study else [])
+                   if t.number >= 2 and t.state == optuna.trial.TrialState.RUNNING and 1 <= len(t.intermediate_values)
+                   < 4]
+        if running:
+            for pid in _children(tune.pid, "lrsearch.tracking.process"):
+                os.kill(pid, signal.SIGKILL)
+                killed_in = running[0].number
+        time.sleep(0.05)
+    out, err = tune.communicate(timeout=600)
+    assert killed_in is not None, "no trial was seen training"
+    assert tune.returncode == 0, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: MLflow tracking stopped: the tracking process"), err
+    assert "`lrsearch sync tiny`" in lines[0] and "top trials of tiny" in out
+    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage)))
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 6 and set(states) <= {"COMPLETE", "PRUNED"}  # none failed, none trained again
+
+    result = CliRunner().invoke(cli, ["sync", "tiny", "--storage", storage, "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    children = {int(r.data.tags["optuna.trial_number"]): r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(children) == list(range(6))
+    for trial in study.trials:
+        run = children[trial.number]
+        assert run.info.status == STATUS[trial.state.name]
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert sorted((m.step, m.value) for m in history) == sorted(trial.intermediate_values.items())
+
+
+def test_an_unwritable_tracking_store_is_one_warning_and_the_study_trains(tmp_path) -> None:
+    path = write_study(tmp_path, tiny_study(budget={"n_trials": 2, "epochs": 1}))
+    (tmp_path / "a-file").write_text("not a directory")  # a place no one can write to, root included
+    uri = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"
+    result = CliRunner().invoke(cli, ["tune", str(path), "--tracking-uri", uri, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: MLflow tracking stopped: cannot record to MLflow at "), \
+        result.stderr
+    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "lrsearch.journal"))))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]

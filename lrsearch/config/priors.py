@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.config.search_space import PRESETS, WARMUP_FRACTION, Range
+from lrsearch.config.search_space import DEFAULT_WARMUP_FRACTION, PRESETS, WARMUP_FRACTION, Range
 
 if TYPE_CHECKING:
     import optuna
@@ -69,7 +69,7 @@ def fit_to_space(config: dict[str, Any], space: SearchSpace) -> dict[str, Any] |
     if schedule["name"] not in space.schedules:
         schedule = {"name": space.schedules[0]}
     if schedule["name"] == "warmup_cosine":
-        schedule.setdefault("warmup_fraction", 0.05)
+        schedule.setdefault("warmup_fraction", DEFAULT_WARMUP_FRACTION)
     return {"optimizer": name, "params": params, "schedule": schedule}
 
 
@@ -171,7 +171,7 @@ class RelativeSpace:
             if decay > 0 else 0.0,
         }
         if config["schedule"]["name"] == "warmup_cosine":
-            out["schedule.warmup_fraction"] = config["schedule"].get("warmup_fraction", 0.05)
+            out["schedule.warmup_fraction"] = config["schedule"].get("warmup_fraction", DEFAULT_WARMUP_FRACTION)
         return out
 
 

@@ -122,6 +122,8 @@ OPTIMIZERS = tuple(PRESETS)
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear")
 WARMUP_FRACTION = Range(0.01, 0.2)
 """warmup_cosine: fraction of all steps spent warming up linearly, log-uniform (Goyal et al. 2017)."""
+DEFAULT_WARMUP_FRACTION = 0.05
+"""warmup_cosine's warm-up where a configuration names none (the grid sampler, textbook runs, old exports)."""
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -196,7 +198,7 @@ class SearchSpace:
                 out[prefix + hp] = value
         out["schedule"] = config["schedule"]["name"]
         if config["schedule"]["name"] == "warmup_cosine":
-            out["schedule.warmup_fraction"] = config["schedule"].get("warmup_fraction", 0.05)
+            out["schedule.warmup_fraction"] = config["schedule"].get("warmup_fraction", DEFAULT_WARMUP_FRACTION)
         return out
 
     def grid(self, points: int) -> dict[str, list[Any]]:
@@ -221,7 +223,7 @@ class SearchSpace:
         schedule = trial.suggest_categorical("schedule", list(self.schedules))
         if schedule == "warmup_cosine":
             return {"optimizer": optimizer, "params": params,
-                    "schedule": {"name": schedule, "warmup_fraction": 0.05}}
+                    "schedule": {"name": schedule, "warmup_fraction": DEFAULT_WARMUP_FRACTION}}
         return {"optimizer": optimizer, "params": params, "schedule": {"name": schedule}}
 
     def suggest_schedule(self, trial: optuna.Trial) -> dict[str, Any]:

@@ -8,14 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from lrsearch.config.search_space import flat_params
 from lrsearch.errors import LrsearchError, UsageError
+from lrsearch.training.trial import finite
 
 if TYPE_CHECKING:
     import optuna
-
-
-def finite(value: float | None) -> float | None:
-    """``value``, or None where it is missing or not finite (a diverged trial's value)."""
-    return value if value is not None and math.isfinite(value) else None
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from lrsearch.config.overrides import Overrides, resolve_spec
 from lrsearch.errors import UsageError
+from lrsearch.study.budget import drop_waiting
 from lrsearch.study.loop import run_study
 from lrsearch.study.observers import Observers, observing
 from lrsearch.study.storage import check_storage_url, count_trials, create_study, open_storage, storage_url
@@ -67,7 +68,10 @@ def set_up_study(spec: StudySpec | str | Path | dict[str, Any], overrides: Overr
     nproc = ranks_per_trial(spec, prepared.device, launch)
     opened = open_storage(url)
     study = create_study(spec, opened, study_name or spec.name, queue=queue)
-    return StudySetup(spec, url, opened, study, prepared, nproc)
+    setup = StudySetup(spec, url, opened, study, prepared, nproc)
+    if setup.finished:
+        drop_waiting(study, opened)  # e.g. a retry queued while other processes completed the budget
+    return setup
 
 
 def run_tune(

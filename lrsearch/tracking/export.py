@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import TYPE_CHECKING, Any
 
+from lrsearch.config.search_space import DEFAULT_WARMUP_FRACTION
 from lrsearch.errors import UsageError
 from lrsearch.training.optimizers import constructor
+from lrsearch.training.trial import finite
 
 if TYPE_CHECKING:
     import optuna
@@ -24,7 +25,7 @@ def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[s
     if "betas" in kwargs:
         kwargs["betas"] = list(kwargs["betas"])
     spec = study.user_attrs.get("spec", {})
-    value = trial.value if trial.value is not None and math.isfinite(trial.value) else None
+    value = finite(trial.value)
     return {
         "optimizer": config["optimizer"],
         "torch_class": f"torch.optim.{torch_class}",
@@ -92,7 +93,7 @@ def python_snippet(config: dict[str, Any]) -> str:
         lines.append("scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, "
                      f"total_iters={total})")
     elif schedule["name"] == "warmup_cosine":
-        fraction = schedule.get("warmup_fraction", 0.05)
+        fraction = schedule.get("warmup_fraction", DEFAULT_WARMUP_FRACTION)
         lines += [
             f"warmup = max(1, math.ceil({fraction!r} * {total}))",
             "scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [",

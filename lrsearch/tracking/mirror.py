@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from lrsearch.errors import LrsearchError, TrackingError, UsageError, first_line
 from lrsearch.study.budget import NEVER_TRAINED
 from lrsearch.study.heartbeat import fail_stale_trials
-from lrsearch.tracking.recorder import N_TRIALS_TAG, Recorder, retry
+from lrsearch.tracking.recorder import N_TRIALS_TAG, Recorder, log_in_batches, retry
 from lrsearch.tracking.runs import (
     PARENT_ATTR,
     PROCESS_STOPPED,
@@ -200,10 +200,8 @@ def _write(recorder: Recorder, run_id: str, history: dict[tuple[str, int], float
     metrics = [Metric(k, v, timestamp or 0, step) for (k, step), v in (history or {}).items()]
     params_ = [Param(k, v) for k, v in (params or {}).items()]
     tags_ = [RunTag(k, v) for k, v in (tags or {}).items()]
-    while metrics or params_ or tags_:
-        retry(lambda m=metrics[:900], p=params_[:90], t=tags_[:90]: recorder.client.log_batch(
-            run_id, metrics=m, params=p, tags=t))
-        metrics, params_, tags_ = metrics[900:], params_[90:], tags_[90:]
+    if metrics or params_ or tags_:
+        log_in_batches(recorder.client, run_id, metrics, params_, tags_)
 
 
 def best_value_points(trials: list[optuna.trial.FrozenTrial], minimize: bool,

@@ -57,6 +57,22 @@ def retry(call: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+METRICS_PER_BATCH, PARAMS_PER_BATCH, TAGS_PER_BATCH = 900, 90, 90
+"""Entries per ``log_batch``, under MLflow's caps (1000 metrics, 100 params, 100 tags, 1000 entries in all)."""
+
+
+def log_in_batches(client: Any, run_id: str, metrics: list[Any] = (), params: list[Any] = (),
+                   tags: list[Any] = ()) -> None:
+    """Metrics, params and tags of one run in as few ``log_batch`` writes as MLflow's caps allow (at least one)."""
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    while True:
+        retry(lambda m=metrics[:METRICS_PER_BATCH], p=params[:PARAMS_PER_BATCH], t=tags[:TAGS_PER_BATCH]:
+              client.log_batch(run_id, metrics=m, params=p, tags=t))
+        metrics, params, tags = metrics[METRICS_PER_BATCH:], params[PARAMS_PER_BATCH:], tags[TAGS_PER_BATCH:]
+        if not (metrics or params or tags):
+            return
+
+
 class Recorder:
     """Owns the MlflowClient of one study's experiment; every method is one step of the study's record."""
 
@@ -165,9 +181,8 @@ class Recorder:
     def flush(self) -> None:
         """Metrics are sent in batches: one write per trial (or per few seconds) instead of one per value."""
         for number, metrics in self.metrics.items():
-            for start in range(0, len(metrics), 900):  # MLflow caps a batch at 1000 metrics
-                chunk = metrics[start : start + 900]
-                retry(lambda run=self.runs[number], chunk=chunk: self.client.log_batch(run, metrics=chunk))
+            if metrics:
+                log_in_batches(self.client, self.runs[number], metrics)
             metrics.clear()
 
     def trial_ended(self, number: int, state: str, tags: dict[str, str]) -> None:
@@ -175,12 +190,8 @@ class Recorder:
 
         run_id = self.runs.pop(number)
         metrics = self.metrics.pop(number, [])
-        # The trial's last metrics and its result tags go in one write (a batch holds up to 1000 entries).
-        run_tags = [RunTag(k, v) for k, v in tags.items()]
-        for start in range(0, max(len(metrics), 1), 900):
-            chunk, chunk_tags = metrics[start : start + 900], run_tags if start == 0 else []
-            retry(lambda chunk=chunk, chunk_tags=chunk_tags: self.client.log_batch(run_id, metrics=chunk,
-                                                                                   tags=chunk_tags))
+        # The trial's last metrics and its result tags go in one write, the status last.
+        log_in_batches(self.client, run_id, metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         retry(lambda: self.client.set_terminated(run_id, status=STATUS[state]))
 
     def close_open_runs(self, status: str, reason: str = PROCESS_STOPPED) -> None:
@@ -230,13 +241,10 @@ def log_lr_find(uri: str, spec: StudySpec, results: dict[str, Any], ranges: dict
                for optimizer, result in results.items()
                for kind, values in (("lr", result.lrs), ("loss", result.losses))
                for step, value in enumerate(values)]
-    for start in range(0, len(metrics), 900):
-        chunk = metrics[start : start + 900]
-        retry(lambda chunk=chunk: client.log_batch(run_id, metrics=chunk))
     params = [Param(k, str(v)) for k, v in settings.items()] + [Param("optimizers", ",".join(results))]
     tags = [RunTag(f"suggested_lr.{o}", repr(r.suggested_lr)) for o, r in results.items()]
     tags += [RunTag(f"search_range.{o}", f"{low!r}..{high!r}") for o, (low, high) in ranges.items()]
-    retry(lambda: client.log_batch(run_id, params=params, tags=tags))
+    log_in_batches(client, run_id, metrics, params, tags)
     with tempfile.TemporaryDirectory() as tmp:
         path = plot_lr_find(results, os.path.join(tmp, "lr_find.png"))
         retry(lambda: client.log_artifact(run_id, str(path)))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import TrialRuntimeError, UsageError
+from lrsearch.training.trial import finite
 
 if TYPE_CHECKING:
     from lrsearch.config.search_space import SearchSpace
@@ -65,16 +66,12 @@ class LRFindResult:
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict: non-finite numbers become ``None`` (``json.dumps`` would write bare ``NaN``)."""
         return {
-            "suggested_lr": _finite_or_none(self.suggested_lr),
-            "min_loss_lr": _finite_or_none(self.min_loss_lr),
-            "diverged_at": _finite_or_none(self.diverged_at),
-            "lrs": [_finite_or_none(v) for v in self.lrs],
-            "losses": [_finite_or_none(v) for v in self.losses],
+            "suggested_lr": finite(self.suggested_lr),
+            "min_loss_lr": finite(self.min_loss_lr),
+            "diverged_at": finite(self.diverged_at),
+            "lrs": [finite(v) for v in self.lrs],
+            "losses": [finite(v) for v in self.losses],
         }
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def lr_find(

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.config.search_space import PRESETS, SCHEDULES, torch_kwargs
+from lrsearch.config.search_space import DEFAULT_WARMUP_FRACTION, PRESETS, SCHEDULES, torch_kwargs
 from lrsearch.errors import UsageError
 
 if TYPE_CHECKING:
@@ -174,4 +174,4 @@ def make_scheduler(
 
 
 def warmup_steps(schedule: dict[str, Any], total_steps: int) -> int:
-    return max(1, math.ceil(schedule.get("warmup_fraction", 0.05) * total_steps))
+    return max(1, math.ceil(schedule.get("warmup_fraction", DEFAULT_WARMUP_FRACTION) * total_steps))

@@ -6,13 +6,14 @@ A :class:`Task` is what a trial trains: a model factory, train and val datasets,
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.errors import TaskError
+from lrsearch.errors import TaskError, first_line
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -163,11 +164,17 @@ def load_task(spec: StudySpec) -> Task:
         raise TaskError("task.function (function mode) has no Task to load; use the function-mode runner")
     function = import_callable(spec.task.entrypoint, "task.entrypoint", spec.source)
     try:
+        inspect.signature(function).bind(**spec.task.args)
+    except TypeError as exc:  # the arguments do not fit: the study file's task.args, not the user's code
+        raise TaskError(f"task.entrypoint {spec.task.entrypoint!r} rejected task.args {spec.task.args}: {exc} "
+                        f"(its signature is {inspect.signature(function)})") from None
+    except ValueError:
+        pass  # no signature to read (a builtin): calling it tells
+    try:
         task = function(**spec.task.args)
-    except TypeError as exc:
-        raise TaskError(f"task.entrypoint {spec.task.entrypoint!r} rejected task.args {spec.task.args}: {exc}") from exc
     except Exception as exc:  # the user's code failed building its task: say where, in one line
-        raise TaskError(f"task.entrypoint {spec.task.entrypoint!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise TaskError(f"task.entrypoint {spec.task.entrypoint!r} failed: {type(exc).__name__}: {first_line(exc)}"
+                        ) from exc
     if not isinstance(task, Task):
         raise TaskError(
             f"task.entrypoint {spec.task.entrypoint!r} returned {type(task).__name__}, expected lrsearch.Task"

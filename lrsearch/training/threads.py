@@ -53,8 +53,11 @@ def _fastest_threads(prepared: Prepared, candidates: tuple[int, ...]) -> int:
         for count in candidates:
             torch.set_num_threads(count)
             # Stacked trials run bigger matrix products than one model: they may want threads one model does not.
-            seconds = time_training_steps(prepared.task, prepared.data, batch_size) if stacked == 1 else \
-                time_stacked_steps(prepared.task, prepared.data, batch_size, stacked)
+            try:
+                seconds = time_training_steps(prepared.task, prepared.data, batch_size) if stacked == 1 else \
+                    time_stacked_steps(prepared.task, prepared.data, batch_size, stacked)
+            except Exception:  # a model that cannot train: its trials fail, and say why, as results
+                return candidates[0]
             best[count] = min(best.get(count, math.inf), seconds)
     return pick_threads(best)
 

@@ -25,6 +25,12 @@ def diverging(value: float, first: float | None) -> bool:
     return not math.isfinite(value) or (first is not None and value > DIVERGENCE_FACTOR * abs(first))
 
 
+def finite(value: float | None) -> float | None:
+    """``value`` as a float, or None where it is missing or not finite (JSON holds no NaN or Infinity; a diverged
+    trial's value is infinite)."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
 def check_due(step: int) -> bool:
     """Whether to check the training loss for divergence after ``step`` (0-based optimizer steps)."""
     return step & (step - 1) == 0 or step % CHECK_EVERY == 0
