@@ -1,6 +1,11 @@
 """The arms of the search benchmark: lrsearch's default search and what a user would pick instead, all run through
 lrsearch's own study loop (``lrsearch.study.loop.run_study``) on Optuna's in-memory storage, so every arm trains
-with the same code; only the sampler, the pruner and the trial budget differ.
+with the same code; only the sampler, the pruner, the trial budget and the study file's ``search`` keys differ.
+
+What an arm *returns* is what a user takes home. For lrsearch's own searches that is what the study answers
+(:func:`returned`: once the study confirms its best configurations on new seeds, the best confirmed mean; before,
+its best trial). For the baselines (random search, the textbook, Optuna out of the box, Syne Tune's ASHA) it is
+their best recorded complete trial, as those tools report it.
 
 A peer library's method (Syne Tune's ASHA) runs when ``syne_tune`` is installed (``pip install syne-tune``): its
 scheduler proposes configurations and stops trials through the same trainer, over the same space.
@@ -10,10 +15,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
 
 
 @dataclass(frozen=True)
@@ -27,40 +38,47 @@ class Arm:
     """Run the study's textbook configurations once each, nothing else."""
     custom: str | None = None
     """An arm that is not a study-file setting: ``optuna-oob`` or ``syne-tune-asha``."""
+    search: dict[str, Any] = field(default_factory=dict)
+    """Study-file ``search`` keys the arm is about; a lrsearch whose study file rejects them skips the arm."""
+    baseline: bool = False
+    """Not lrsearch's search: it returns its best recorded trial, and confirmation is off (``search.confirm:
+    none``) where this lrsearch has it, so the baseline stays what the tool it stands for does."""
+    views: tuple[int, ...] = ()
+    """After how many trials the report reads the arm's choice as an arm of its own, ``<arm>@<n>`` (random: @25 and
+    @100); none: once, at the arm's end, under the arm's name."""
     note: str = ""
 
 
 ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("lrsearch", note="lrsearch's default: no sampler or pruner written in the study file"),
-    Arm("random", sampler="random", pruner="none", n_trials=100, note="random search, no pruning (@10, @25, @100)"),
-    Arm("textbook", portfolio_only=True, note="each textbook default once (Adam 1e-3, AdamW, SGD momentum 0.1 cosine)"),
-    Arm("optuna-oob", custom="optuna-oob", note="Optuna out of the box: TPESampler() + HyperbandPruner()"),
+    Arm("lrsearch-no-confirm", search={"confirm": "none"}, note="the default with confirmation off"),
+    Arm("random", sampler="random", pruner="none", n_trials=100, baseline=True, views=(25, 100),
+        note="random search, no pruning: one run of 100 trials, its first 25 are random@25"),
+    Arm("textbook", portfolio_only=True, baseline=True,
+        note="each textbook configuration once (Adam 1e-3, AdamW, SGD momentum / Nesterov 0.1 cosine); the best"),
+    Arm("optuna-oob", custom="optuna-oob", baseline=True,
+        note="Optuna out of the box: TPESampler() + HyperbandPruner()"),
+    Arm("syne-tune-asha", custom="syne-tune-asha", baseline=True,
+        note="Syne Tune's ASHA (grace 1 epoch, reduction 3)"),
     Arm("lrsearch-0.1", sampler="tpe", pruner="hyperband", note="lrsearch's default before: its TPE + Hyperband"),
     Arm("prior-no-pruning", sampler="prior", pruner="none",
         note="ablation: the default's sampler and portfolio, no pruning (what the halving pruner costs and saves)"),
-    Arm("syne-tune-asha", custom="syne-tune-asha", note="Syne Tune's ASHA (grace 1 epoch, reduction 3)"),
 ]}
+DEFAULT_ARMS = ("lrsearch", "lrsearch-no-confirm", "random", "textbook", "optuna-oob", "syne-tune-asha")
+"""What ``run.py`` runs unless ``--arms`` says otherwise; the two ablations stay selectable."""
 
 
-def run_arm(arm: Arm, study: dict[str, Any], prepared: Any) -> dict[str, Any]:
-    """Run one arm on one task and seed; every trial as ``{number, state, value, epochs, portfolio, optimizer, lr,
-    diverged, config}`` (``config``: the trial's optimizer, hyperparameters and schedule, to retrain it)."""
-    started = time.perf_counter()
-    if arm.custom == "syne-tune-asha":
-        from peer import syne_tune_asha
-
-        trials = syne_tune_asha(study, prepared, arm.n_trials)
-    else:
-        trials = _run_study(arm, study, prepared)
-    return {"arm": arm.name, "trials": trials, "wall_seconds": round(time.perf_counter() - started, 3)}
+def views(arm: Arm, trials: int) -> dict[str, int]:
+    """The arm's choices the report reads, by name, of those its ``trials`` reach: ``random@25`` after 25 trials
+    (not ``random@100`` where it ran 25); the arm's name at its end."""
+    return {f"{arm.name}@{n}": n for n in arm.views if n <= trials} if arm.views else {arm.name: trials}
 
 
-def _run_study(arm: Arm, study: dict[str, Any], prepared: Any) -> list[dict[str, Any]]:
-    import optuna
-
+def study_file(arm: Arm, study: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The arm's study file for the task's ``study``, or None and why, when this lrsearch rejects a ``search`` key
+    the arm needs (the arm then starts working the moment the package accepts the key)."""
     from lrsearch.config.spec import spec_from_dict
-    from lrsearch.study.loop import run_study
-    from lrsearch.study.storage import create_study
+    from lrsearch.errors import SpecError
 
     data = copy.deepcopy(study)
     data["budget"]["n_trials"] = arm.n_trials
@@ -75,6 +93,53 @@ def _run_study(arm: Arm, study: dict[str, Any], prepared: Any) -> list[dict[str,
         data["budget"]["n_trials"] = len(portfolio(spec_from_dict(data).space()))
     if arm.custom == "optuna-oob":
         data["sampler"]["name"], data["pruner"] = "tpe", {"name": "none"}  # per-optimizer names, as tpe gets
+    data["search"].update(arm.search)
+    try:
+        spec_from_dict(data)
+    except SpecError as exc:
+        problems = [p.split(" (allowed")[0] for p in exc.problems if any(f"search.{k}" in p for k in arm.search)]
+        return None, f"{arm.name} skipped: this lrsearch rejects {'; '.join(problems or exc.problems)}"
+    if arm.baseline:
+        quiet = copy.deepcopy(data)
+        quiet["search"]["confirm"] = "none"
+        try:
+            spec_from_dict(quiet)
+            data = quiet
+        except SpecError:
+            pass  # this lrsearch has no confirmation to turn off
+    return data, ""
+
+
+def run_arm(arm: Arm, study: dict[str, Any], prepared: Any, export_to: Path | None = None) -> dict[str, Any] | str:
+    """Run one arm on one task and seed: every trial (``record``), the wall time and, for lrsearch's own searches,
+    what the study returns (``returned``); ``export_to`` also writes the returned trial as ``lrsearch export``
+    does. Returns why instead, when this lrsearch cannot run the arm."""
+    started = time.perf_counter()
+    data, why = study_file(arm, study)
+    if data is None:
+        return why
+    answer = None
+    if arm.custom == "syne-tune-asha":
+        from peer import syne_tune_asha
+
+        trials = syne_tune_asha(data, prepared, arm.n_trials)
+    else:
+        created = _run_study(arm, data, prepared)
+        trials = [record(t) for t in sorted(created.get_trials(deepcopy=False), key=lambda t: t.number)]
+        answer = None if arm.baseline else returned(created)
+        if export_to is not None and answer is not None:
+            _export(created, answer["trial"], export_to)
+    return {"arm": arm.name, "budget": arm.n_trials, "trials": trials, "returned": answer,
+            "wall_seconds": round(time.perf_counter() - started, 3)}
+
+
+def _run_study(arm: Arm, data: dict[str, Any], prepared: Any) -> optuna.Study:
+    import optuna
+
+    from lrsearch.config.spec import spec_from_dict
+    from lrsearch.study.loop import run_study
+    from lrsearch.study.storage import create_study
+
     spec = spec_from_dict(data)
     storage = optuna.storages.InMemoryStorage()
     if arm.custom == "optuna-oob":
@@ -85,18 +150,70 @@ def _run_study(arm: Arm, study: dict[str, Any], prepared: Any) -> list[dict[str,
     else:
         created = create_study(spec, storage, spec.name)
     run_study(created, storage, dataclasses.replace(prepared, spec=spec))
-    return [record(t) for t in sorted(created.get_trials(deepcopy=False), key=lambda t: t.number)]
+    return created
+
+
+def returned(study: optuna.Study) -> dict[str, Any] | None:
+    """What a lrsearch study returns to its user: ``{trial, config, recorded, values, seeds}`` (the trial number,
+    its configuration, the value the study reports for it, the values it is made of and their training seeds), or
+    None when no trial completed.
+
+    The one place the bench reads a study's answer. Where ``lrsearch.study.results.study_answer`` exists (the study
+    confirms its best configurations on new seeds and answers the best mean), it is the answer: ``trial`` (a
+    FrozenTrial), ``config``, ``value`` (the mean over the confirmation seeds), ``values`` (one per seed) and, if it
+    has them, ``seeds``. Before that, the answer is ``best_trial``: one trial, its one value.
+    """
+    from lrsearch.errors import LrsearchError
+    from lrsearch.study import results
+
+    try:
+        if hasattr(results, "study_answer"):
+            answer = results.study_answer(study)
+            if answer is None:
+                return None
+            trial, config, value = answer.trial, answer.config, answer.value
+            values, seeds = list(answer.values), getattr(answer, "seeds", None)
+        else:
+            trial = results.best_trial(study)
+            config, value, values, seeds = trial.user_attrs["config"], trial.value, [trial.value], None
+    except LrsearchError:
+        return None
+    if seeds is None:  # the training seeds of the study's trials of this configuration
+        key = json.dumps(config, sort_keys=True)
+        seeds = sorted({t.user_attrs.get("training", {}).get("seed") for t in study.get_trials(deepcopy=False)
+                        if json.dumps(t.user_attrs.get("config"), sort_keys=True) == key} - {None})
+    return {"trial": trial.number, "config": config, "recorded": float(value), "values": [float(v) for v in values],
+            "seeds": list(seeds)}
+
+
+def _export(study: optuna.Study, number: int, path: Path) -> None:
+    from lrsearch.tracking.export import render, trial_config
+
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(trial_config(study, trial), "json"))
 
 
 def record(trial: Any) -> dict[str, Any]:
     """What the report needs of a finished trial. A diverged trial reports one value more than it trained epochs
-    (the worst value, at the epoch it blew up): that epoch was trained in part, and counts."""
+    (the worst value, at the epoch it blew up): that epoch was trained in part, and counts. ``seed`` is its
+    training seed (no retraining seed may be one); ``tags``, what the study says about the trial's part in it
+    (a confirmation run, a warm start), by any user attribute named so."""
     value = trial.value if trial.state.name == "COMPLETE" else None
     config = trial.user_attrs.get("config", {})
+    tags = {k: v for k, v in trial.user_attrs.items() if "confirm" in k or "warm" in k}
     return {"number": trial.number, "state": trial.state.name, "value": value,
             "epochs": len(trial.intermediate_values), "portfolio": trial.user_attrs.get("portfolio"),
             "optimizer": config.get("optimizer"), "lr": config.get("params", {}).get("lr"),
-            "diverged": bool(trial.user_attrs.get("diverged", False)), "config": config or None}
+            "diverged": bool(trial.user_attrs.get("diverged", False)), "config": config or None,
+            "seed": trial.user_attrs.get("training", {}).get("seed"),
+            "seconds": trial.duration.total_seconds() if trial.duration is not None else None,
+            **({"tags": tags} if tags else {})}
+
+
+def complete(trial: dict[str, Any]) -> bool:
+    """A trial that can be an arm's choice: complete, finite, with its configuration recorded."""
+    return trial["value"] is not None and math.isfinite(trial["value"]) and bool(trial.get("config"))
 
 
 def available(arm: Arm, installed: Callable[[str], bool]) -> bool:

@@ -9,21 +9,22 @@ Syne Tune's flat configuration spaces can express, and records trials as the oth
 from __future__ import annotations
 
 import datetime
+import logging
 import math
+import time
 from typing import Any
 
 
 def syne_tune_asha(study: dict[str, Any], prepared: Any, n_trials: int) -> list[dict[str, Any]]:
-    """``n_trials`` trials of Syne Tune's ASHA (grace period 1 epoch, reduction factor 3, one bracket)."""
+    """``n_trials`` trials of Syne Tune's ASHA (grace period 1 epoch, reduction factor 3, one bracket), seeded by
+    the study's sampler seed: the same seed proposes the same trials."""
+    import numpy as np
     import optuna.distributions as d
-    from syne_tune.backend.trial_status import Trial
     from syne_tune.config_space import choice, loguniform, uniform
     from syne_tune.optimizer.baselines import ASHA
-    from syne_tune.optimizer.scheduler import SchedulerDecision
 
     from lrsearch.config.priors import RelativeSpace
     from lrsearch.config.spec import spec_from_dict
-    from lrsearch.training.runner import train_trial
     from lrsearch.training.trial import TrialSettings
 
     spec = spec_from_dict({**study, "sampler": {"name": "random", "seed": study["sampler"]["seed"]}})
@@ -36,6 +37,25 @@ def syne_tune_asha(study: dict[str, Any], prepared: Any, n_trials: int) -> list[
     scheduler = ASHA(space, metric=metric, time_attr="epoch", max_t=epochs, do_minimize=minimize,
                      random_seed=spec.sampler.seed, grace_period=1, reduction_factor=3)
     settings = TrialSettings(epochs, spec.train.batch_size, spec.train.seed)
+    logging.getLogger("syne_tune").setLevel(logging.ERROR)  # a warning a job about an argument ASHA passes itself
+    # ASHA's model-based searcher draws from numpy's global generator besides its seeded one: without a seed there,
+    # the same seed proposed other configurations after a few trials (run to run, in one process).
+    saved = np.random.get_state()
+    np.random.seed(spec.sampler.seed)
+    try:
+        return _run(scheduler, relative, settings, prepared, n_trials, metric, epochs)
+    finally:
+        np.random.set_state(saved)
+
+
+def _run(scheduler: Any, relative: Any, settings: Any, prepared: Any, n_trials: int, metric: str,
+         epochs: int) -> list[dict[str, Any]]:
+    """The trials: ASHA proposes, lrsearch's trainer trains and reports each epoch, ASHA stops or completes."""
+    from syne_tune.backend.trial_status import Trial
+    from syne_tune.optimizer.scheduler import SchedulerDecision
+
+    from lrsearch.training.runner import train_trial
+
     records = []
     for number in range(n_trials):
         suggestion = scheduler.suggest()
@@ -47,7 +67,9 @@ def syne_tune_asha(study: dict[str, Any], prepared: Any, n_trials: int) -> list[
             result = {metric: epoch.metrics[metric], "epoch": epoch.epoch + 1}
             return scheduler.on_trial_result(trial, result) == SchedulerDecision.STOP and epoch.epoch + 1 < epochs
 
+        started = time.perf_counter()
         outcome = train_trial(prepared.task, prepared.data, config, settings, on_epoch=on_epoch)
+        seconds = time.perf_counter() - started
         value = outcome.final.get(metric) if outcome.stopped is None else None
         if value is not None and math.isfinite(value):
             scheduler.on_trial_complete(trial, {metric: value, "epoch": epochs})
@@ -55,5 +77,6 @@ def syne_tune_asha(study: dict[str, Any], prepared: Any, n_trials: int) -> list[
                                           else 0)
         records.append({"number": number, "state": "COMPLETE" if outcome.stopped is None else "PRUNED",
                         "value": value, "epochs": trained, "portfolio": None, "optimizer": config["optimizer"],
-                        "lr": config["params"].get("lr"), "diverged": outcome.diverged, "config": config})
+                        "lr": config["params"].get("lr"), "diverged": outcome.diverged, "config": config,
+                        "seed": settings.seed, "seconds": round(seconds, 3)})
     return records

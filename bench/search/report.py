@@ -1,11 +1,7 @@
-"""The search benchmark's report: per task, the median and interquartile range over seeds of each arm's best
-objective after 10 and 25 trials (random search also after 100), the epochs it spent, its wall time, the targets
-lrsearch's default meets, and a plot of the best so far against trials.
-
-Targets (issue 13), per task, medians over seeds:
-- **T25**: lrsearch's best after 25 trials is at least as good as random search's after 100 (no pruning);
-- **T10**: after 10 trials it is at least as good as the best textbook default and as random search after 25;
-- **Tep**: it spends at most half the epochs of 25 full trials.
+"""The search benchmark's report: per task, what each arm's returned configuration retrains to (the headline), the
+anytime view (its choice after 5, 10, 25 trials, retrained), each textbook configuration retrained, and, secondary,
+the recorded best-of-N of issue 13; per warm-start pair, cold against warm; the targets (``targets.py``) and a plot
+per task of the recorded best so far against trials.
 
     python bench/search/report.py [--results bench/results/search]
 """
@@ -19,23 +15,40 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from targets import (
+    DEFAULT,
+    ORDER,
+    no_worse,
+    suite_targets,
+    summarise_anytime,
+    summarise_pair,
+    summarise_textbook,
+    summarise_views,
+    task_targets,
+)
 
-ORDER = ("lrsearch", "textbook", "random", "optuna-oob", "lrsearch-0.1", "prior-no-pruning", "syne-tune-asha")
+VERDICT = {True: "held", False: "MISSED", None: "n/a (not measured)"}
 
 
-def load(results: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every job file, by task."""
-    out: dict[str, list[dict[str, Any]]] = {}
+def load(results: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """Every job file of the retrained suite (format 2), by task and by pair."""
+    tasks: dict[str, list[dict[str, Any]]] = {}
+    pairs: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(results.glob("*/seed*.json")):
         doc = json.loads(path.read_text())
-        out.setdefault(doc["task"], []).append(doc)
-    return out
+        if doc.get("format") == 2 and "task" in doc:
+            tasks.setdefault(doc["task"], []).append(doc)
+    for path in sorted(results.glob("pairs/*/seed*.json")):
+        doc = json.loads(path.read_text())
+        if doc.get("format") == 2 and "pair" in doc:
+            pairs.setdefault(doc["pair"], []).append(doc)
+    return tasks, pairs
 
 
 def curve(trials: list[dict[str, Any]], maximize: bool) -> list[float]:
     """The best complete value after each trial (a pruned or diverged trial is never best); the worst value until
     a trial completes."""
-    best, out = math.inf if not maximize else -math.inf, []
+    best, out = -math.inf if maximize else math.inf, []
     for trial in trials:
         value = trial["value"]
         if value is not None and math.isfinite(value) and (value > best if maximize else value < best):
@@ -44,104 +57,132 @@ def curve(trials: list[dict[str, Any]], maximize: bool) -> list[float]:
     return out
 
 
-def best_at(values: list[float], n: int, maximize: bool) -> float:
-    if not values:
-        return -math.inf if maximize else math.inf
-    return values[min(n, len(values)) - 1]
-
-
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    finite = [v for v in values if math.isfinite(v)]
-    if len(finite) < len(values) / 2:  # most seeds found nothing
-        worst = values[0]
-        return worst, worst, worst
-    q1, median, q3 = np.percentile(np.array(values, dtype=float), [25, 50, 75], method="median_unbiased")
-    return float(q1), float(median), float(q3)
+def recorded_best(docs: list[dict[str, Any]], maximize: bool) -> dict[str, Any]:
+    """Issue 13's secondary view: per arm, the median over seeds of the best recorded value after 10 and 25 trials
+    (random: 100 too), and the curves for the plot."""
+    out: dict[str, Any] = {}
+    order = [a.split("@")[0] for a in ORDER]
+    for name in sorted({a for d in docs for a in d["arms"]}, key=lambda a: order.index(a) if a in order else 99):
+        curves = [curve(d["arms"][name]["trials"], maximize) for d in docs if name in d["arms"]]
+        at = {n: float(np.median([c[min(n, len(c)) - 1] for c in curves if c])) for n in (10, 25, 100)
+              if n <= max(25, *(len(c) for c in curves))}
+        out[name] = {"at": at, "curves": curves}
+    return out
 
 
 def summarise(task: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per arm: quartiles of best@10, best@25 (random: best@100 too), epochs as a share of 25 full trials, wall."""
-    maximize = docs[0]["direction"] == "maximize"
-    epochs = docs[0]["epochs"]
-    arms: dict[str, Any] = {}
-    for name in [a for a in ORDER if any(a in d["arms"] for d in docs)]:
-        runs = [d["arms"][name] for d in docs if name in d["arms"]]
-        curves = [curve(r["trials"], maximize) for r in runs]
-        arms[name] = {
-            "seeds": len(runs),
-            "at10": quartiles([best_at(c, 10, maximize) for c in curves]),
-            "at25": quartiles([best_at(c, 25, maximize) for c in curves]),
-            "at100": quartiles([best_at(c, 100, maximize) for c in curves]) if name == "random" else None,
-            "epochs": float(np.median([sum(t["epochs"] for t in r["trials"][:25]) / (25 * epochs) for r in runs])),
-            "wall": float(np.median([r["wall_seconds"] for r in runs])),
-            "curves": curves,
-        }
-    if "random" in arms:
-        for arm in arms.values():
-            arm["random_equivalent"] = random_equivalent(arms["random"]["curves"], arm["at25"][1], maximize)
-    return {"task": task, "maximize": maximize, "epochs": epochs, "holdout": docs[0].get("holdout", False),
-            "metric": docs[0]["metric"], "arms": arms, "targets": targets(arms, maximize)}
+    first = docs[0]
+    maximize, epochs = first["direction"] == "maximize", first["epochs"]
+    views = summarise_views(docs, maximize, epochs)
+    textbook = summarise_textbook(docs, maximize)
+    return {"task": task, "maximize": maximize, "epochs": epochs, "holdout": first.get("holdout", False),
+            "metric": first["metric"], "seeds": sorted(d["seed"] for d in docs),
+            "fresh": max(len(d.get("fresh_seeds", [])) for d in docs), "views": views, "textbook": textbook,
+            "anytime": summarise_anytime(docs, maximize, epochs), "recorded_best": recorded_best(docs, maximize),
+            "skipped": sorted({n for d in docs for n in d.get("skipped", [])}),
+            "targets": task_targets(views, textbook, maximize)}
 
 
-def random_equivalent(random_curves: list[list[float]], value: float, maximize: bool) -> int | None:
-    """How many trials random search needs for its median best to be as good as ``value`` (None: not within the
-    trials it ran). An arm's best@25 worth random@100 or more is 4x as sample-efficient as random search."""
-    length = min(len(c) for c in random_curves)
-    for n in range(1, length + 1):
-        median = float(np.median([c[n - 1] for c in random_curves]))
-        if (median >= value) if maximize else (median <= value):
-            return n
-    return None
+def _fmt(x: float | None) -> str:
+    """4 significant digits; ``diverged`` for an infinite mean (a retrain diverged); ``-``: nothing measured."""
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{x:.4g}" if math.isfinite(x) else "diverged"
 
 
-def targets(arms: dict[str, Any], maximize: bool) -> dict[str, bool | None]:
-    """Which targets lrsearch's default meets (None where a baseline is missing)."""
-    def no_worse(a: float, b: float) -> bool:
-        return a >= b if maximize else a <= b
-
-    ours = arms.get("lrsearch")
-    if ours is None:
-        return {}
-    random, textbook = arms.get("random"), arms.get("textbook")
-    return {
-        "T25": no_worse(ours["at25"][1], random["at100"][1]) if random else None,
-        "T10": (no_worse(ours["at10"][1], textbook["at10"][1]) and no_worse(ours["at10"][1], random["at25"][1]))
-        if random and textbook else None,
-        "Tep": ours["epochs"] <= 0.5,
-    }
+def _paired(views: dict[str, Any], maximize: bool, name: str) -> str:
+    """The default against ``name``, seed by seed on the per-seed retrained means: wins / losses / ties."""
+    ours, theirs = views[DEFAULT]["per_seed"], views[name]["per_seed"]
+    common = [s for s in ours if s in theirs]
+    ties = sum(no_worse(ours[s], theirs[s], maximize) and no_worse(theirs[s], ours[s], maximize) for s in common)
+    wins = sum(no_worse(ours[s], theirs[s], maximize) for s in common) - ties
+    return f"{wins} / {len(common) - wins - ties} / {ties}"
 
 
-def _fmt(x: float) -> str:
-    return "-" if not math.isfinite(x) else f"{x:.4g}"
+def markdown(s: dict[str, Any]) -> str:
+    arrow = "higher" if s["maximize"] else "lower"
+    lines = [f"### {s['task']}{' (held out)' if s['holdout'] else ''}: {s['metric']}, {arrow} is better; "
+             f"{s['epochs']} epochs a trial; search seeds {s['seeds']}; each choice retrained on {s['fresh']} fresh "
+             "seeds", "",
+             "| arm | retrained mean | spread (std over search seeds) | recorded | optimism | epochs / 25 full | "
+             "wall s | default W / L / T |", "|---|---|---|---|---|---|---|---|"]
+    for name, v in s["views"].items():
+        paired = _paired(s["views"], s["maximize"], name) if name != DEFAULT and DEFAULT in s["views"] else ""
+        label = f"**{name}**" if name == DEFAULT else name
+        diverged = f" ({v['diverged']} of {v['retrains']} retrains)" if v["diverged"] else ""
+        lines.append(f"| {label} | **{_fmt(v['retrained'])}**{diverged} | {_fmt(v['spread'])} | "
+                     f"{_fmt(v['recorded'])} | {_fmt(v['optimism'])} | {v['epochs']:.2f} | {v['wall']:.1f} | "
+                     f"{paired} |")
+    if s["targets"]:
+        lines += ["", "Targets: " + "; ".join(_task_verdicts(s))]
+    for note in s["skipped"]:
+        lines.append(f"Note: {note}")
+    if s["textbook"]:
+        lines += ["", "Each textbook configuration, retrained (values pooled over every fresh seed):", "",
+                  "| configuration | retrained mean | seed spread (std) | values | recorded mean |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {label} | {_fmt(c['retrained'])} | {_fmt(c['spread'])} | {c['values']} | {_fmt(c['recorded'])} |"
+                  for label, c in s["textbook"].items()]
+    if s["anytime"]:
+        counts = sorted({int(n) for by_n in s["anytime"].values() for n in by_n})
+        seeds = sorted({x for by_n in s["anytime"].values() for c in by_n.values() for x in c["seeds"]})
+        lines += ["", f"Anytime: the retrained mean of each arm's choice after n trials (epochs / 25 full), search "
+                  f"seeds {seeds}:", "", "| arm | " + " | ".join(f"@{n}" for n in counts) + " |",
+                  "|---|" + "---|" * len(counts)]
+        for arm, by_n in s["anytime"].items():
+            cells = [f"{_fmt(by_n[str(n)]['retrained'])} ({by_n[str(n)]['epochs']:.2f})" if str(n) in by_n else ""
+                     for n in counts]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines += ["", "Secondary: the best recorded value after n trials (median over search seeds; what issue 13 "
+              "measured):", "", "| arm | best@10 | best@25 | best@100 |", "|---|---|---|---|"]
+    for arm, r in s["recorded_best"].items():
+        lines.append(f"| {arm} | " + " | ".join(_fmt(r["at"].get(n)) for n in (10, 25, 100)) + " |")
+    return "\n".join([*lines, ""])
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    arrow = "higher" if summary["maximize"] else "lower"
-    seeds = max(a["seeds"] for a in summary["arms"].values())
-    lines = [f"### {summary['task']}{' (held out)' if summary['holdout'] else ''}: {summary['metric']}, {arrow} is "
-             f"better; {summary['epochs']} epochs a trial; {seeds} seeds", "",
-             "| arm | best@10 median [IQR] | best@25 median [IQR] | random best@100 | best@25 = random@ | "
-             "epochs / 25 full | wall s |",
-             "|---|---|---|---|---|---|---|"]
-    for name, arm in summary["arms"].items():
-        q10, q25 = arm["at10"], arm["at25"]
-        at100 = f"{_fmt(arm['at100'][1])} [{_fmt(arm['at100'][0])}, {_fmt(arm['at100'][2])}]" if arm["at100"] else ""
-        lines.append(f"| {name} | {_fmt(q10[1])} [{_fmt(q10[0])}, {_fmt(q10[2])}] | {_fmt(q25[1])} [{_fmt(q25[0])}, "
-                     f"{_fmt(q25[2])}] | {at100} | {_equivalent(arm)} | {arm['epochs']:.2f} | {arm['wall']:.1f} |")
-    met = ", ".join(f"{k} {'met' if v else 'missed' if v is not None else 'n/a'}"
-                    for k, v in summary["targets"].items())
-    return "\n".join([*lines, "", f"lrsearch's default: {met}", ""])
+def _task_verdicts(s: dict[str, Any]) -> list[str]:
+    """Each per-task target's verdict with the numbers it compared."""
+    t, ours = s["targets"], s["views"][DEFAULT]
+    side = ">=" if s["maximize"] else "<="
+    out = [f"T-win {VERDICT[t['T-win']]}" + (f" (beaten by {', '.join(t['beaten_by'])})" if t["beaten_by"] else
+                                             f" (against {', '.join(t['compared'])})")]
+    if "textbook_floor" in t:
+        out.append(f"T-textbook {VERDICT[t['T-textbook']]} ({_fmt(ours['retrained'])} {side} textbook "
+                   f"{_fmt(s['views']['textbook']['retrained'])} {'-' if s['maximize'] else '+'} its seed spread "
+                   f"{_fmt(t['textbook_spread'])})")
+    out.append(f"T-epochs {VERDICT[t['T-epochs']]} ({ours['epochs']:.2f} <= 0.50)")
+    if "optimism_limit" in t:
+        limit = (_fmt(t["optimism_limit"]) if math.isfinite(t["optimism_limit"]) else
+                 "no limit: a retrain of random@25's choice diverged")
+        out.append(f"T-optimism {VERDICT[t['T-optimism']]} ({_fmt(ours['optimism'])} <= {limit})")
+    return out
 
 
-def _equivalent(arm: dict[str, Any]) -> str:
-    if "random_equivalent" not in arm:
-        return ""
-    n, length = arm["random_equivalent"], min(len(c) for c in arm["curves"])
-    return f"> {length}" if n is None else str(n)
+def pair_markdown(p: dict[str, Any]) -> str:
+    lines = [f"### {p['pair']}: {p['change']} ({p['source']} -> {p['target']}, {p['metric']}, "
+             f"{'higher' if p['maximize'] else 'lower'} is better; search seeds {p['seeds']})", ""]
+    if p["cold"]:
+        counts = sorted({int(n) for arm in ("cold", "warm") for n in p[arm]}, key=int)
+        lines += ["| trials | cold: retrained mean | cold: epochs / 25 full | warm: retrained mean | "
+                  "warm: epochs / 25 full |", "|---|---|---|---|---|"]
+        for n in counts:
+            cold, warm = p["cold"].get(str(n)), p["warm"].get(str(n))
+            lines.append(f"| {n} | {_fmt(cold and cold['retrained'])} | {_share(cold)} | "
+                         f"{_fmt(warm and warm['retrained'])} | {_share(warm)} |")
+    reach = (f"warm reaches the cold final {_fmt(p['cold_final'])} after {p['reached_at']} trials "
+             f"({p['warm'][p['reached_at']]['epochs']:.2f} of 25 full trials' epochs; a third of cold's: "
+             f"{p['warm_budget']:.2f})" if p.get("reached_at") else
+             f"warm does not reach the cold final {_fmt(p['cold_final'])}" if "cold_final" in p else "not measured")
+    lines += ["", f"T-warm {VERDICT[p['T-warm']]}: {reach}", *[f"Note: {n}" for n in p["skipped"]]]
+    return "\n".join([*lines, ""])
+
+
+def _share(cell: dict[str, Any] | None) -> str:
+    return "-" if cell is None else f"{cell['epochs']:.2f}"
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    """Best so far against trials: the median over seeds and the interquartile band, one line per arm."""
+    """Recorded best so far against trials: the median over seeds and the interquartile band, one line per arm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,21 +190,21 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     shown: list[float] = []  # medians and lower quartiles from the 4th trial on: the first trials would squash the rest
-    for index, (name, arm) in enumerate(summary["arms"].items()):
+    for index, (name, arm) in enumerate(summary["recorded_best"].items()):
         length = min(len(c) for c in arm["curves"])
         if length < 2:
             continue
         values = np.array([c[:length] for c in arm["curves"]], dtype=float)
         values[~np.isfinite(values)] = np.nan
-        x = np.arange(1, length + 1)
         q1, median, q3 = np.nanpercentile(values, [25, 50, 75], axis=0)
-        axes.plot(x, median, color=f"C{index}", label=name, linewidth=2 if name == "lrsearch" else 1.2)
+        x = np.arange(1, length + 1)
+        axes.plot(x, median, color=f"C{index}", label=name, linewidth=2 if name == DEFAULT else 1.2)
         axes.fill_between(x, q1, q3, color=f"C{index}", alpha=0.15)
         shown += [v for v in (*q1[3:], *median[3:]) if math.isfinite(v)]
     if shown:
         low, high = min(shown), max(shown)
         axes.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
-    axes.set(xscale="log", xlabel="trials", ylabel=f"best {summary['metric']} so far",
+    axes.set(xscale="log", xlabel="trials", ylabel=f"best recorded {summary['metric']} so far",
              title=f"{summary['task']}: median and interquartile range over seeds")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
@@ -171,49 +212,69 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def paired(docs: dict[str, list[dict[str, Any]]], n: int) -> dict[str, tuple[int, int, int]]:
-    """lrsearch's default against each other arm, seed by seed over every task: (wins, losses, ties) of its best
-    after ``n`` trials. Pairs share the task, the seed and the initial weights, so this sees differences that a
-    median over seeds hides in the spread between seeds."""
-    out: dict[str, list[int]] = {}
-    for doc in (d for task_docs in docs.values() for d in task_docs):
-        maximize = doc["direction"] == "maximize"
-        if "lrsearch" not in doc["arms"]:
-            continue
-        ours = best_at(curve(doc["arms"]["lrsearch"]["trials"], maximize), n, maximize)
-        for name, arm in doc["arms"].items():
-            if name == "lrsearch":
-                continue
-            theirs = best_at(curve(arm["trials"], maximize), n, maximize)
-            counts = out.setdefault(name, [0, 0, 0])
-            counts[2 if ours == theirs else 0 if (ours > theirs) == maximize else 1] += 1
-    return {name: (c[0], c[1], c[2]) for name, c in sorted(out.items(), key=lambda kv: ORDER.index(kv[0]))}
-
-
-def report(results: Path) -> tuple[str, dict[str, dict[str, Any]]]:
-    """The markdown report of every task under ``results``, with a plot per task beside it."""
-    loaded = load(results)
-    summaries = {task: summarise(task, docs) for task, docs in sorted(loaded.items())}
-    parts = []
+def report(results: Path, tasks: list[str] | None = None,
+           pairs: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """The markdown report of what ``results`` holds (only ``tasks`` and ``pairs`` when given), with a plot per
+    task beside it; returns the text and the suite (summaries and targets), also written as ``summary.json``."""
+    task_docs, pair_docs = load(results)
+    task_docs = {t: d for t, d in task_docs.items() if tasks is None or t in tasks}
+    pair_docs = {p: d for p, d in pair_docs.items() if pairs is None or p in pairs}
+    summaries = {task: summarise(task, docs) for task, docs in sorted(task_docs.items())}
+    pair_summaries = {pair: summarise_pair(docs) for pair, docs in sorted(pair_docs.items())}
+    reproduced = [d["reproduce"]["equal"] for docs in task_docs.values() for d in docs if d.get("reproduce")]
+    suite = suite_targets(summaries, pair_summaries, reproduced)
+    wins = [t for t, s in summaries.items() if s["targets"].get("T-win")]
+    rows = ["| target | verdict | where |", "|---|---|---|"]
+    details = {
+        "T-win": f"default >= every arm at 25 trials on {len(wins)} of {len(summaries)} tasks "
+                 f"({', '.join(wins) or 'none'}); needs 5/7 of them, rounded up",
+        "T-textbook": _where(summaries, "T-textbook"), "T-epochs": _where(summaries, "T-epochs"),
+        "T-optimism": _where(summaries, "T-optimism"),
+        "T-warm": ", ".join(f"{p} {VERDICT[s['T-warm']]}" for p, s in pair_summaries.items()),
+        "T-reproduce": f"{sum(reproduced)} of {len(reproduced)} jobs: a trial retrained on its own seed gives its "
+                       "recorded value",
+    }
+    rows += [f"| {name} | {VERDICT[held]} | {details[name]} |" for name, held in suite.items()]
+    machine = results / "machine.json"
+    ran_on = json.loads(machine.read_text()) if machine.exists() else {}
+    parts = ["# The search benchmark: what each arm's returned configuration retrains to", ""]
+    if ran_on:
+        parts += [f"Last run on {ran_on['cpu']}, {ran_on['cores_usable']} usable cores, load average "
+                  f"{ran_on['load_average_1_5_15']}, torch {ran_on['torch']}, optuna {ran_on['optuna']}, lrsearch "
+                  f"{ran_on['lrsearch']}; {ran_on['date']}.", ""]
+    parts += ["Retrained mean: the mean over search seeds of the mean of the returned configuration's values on fresh "
+              "seeds no arm trained with (the same for every arm). Spread: std of the per-seed means over search "
+              "seeds. Optimism: recorded minus retrained, positive when the record flattered. Default W / L / T: "
+              "lrsearch's default against the arm, seed by seed. Definitions and targets: bench/search/targets.py.",
+              "", "## Targets of lrsearch's default", "", *rows, ""]
     for task, summary in summaries.items():
         plot(summary, results / f"{task}.png")
         parts.append(markdown(summary))
-    rows = ["| task | T25 | T10 | Tep |", "|---|---|---|---|"]
-    for task, summary in summaries.items():
-        rows.append(f"| {task}{' (held out)' if summary['holdout'] else ''} | "
-                    + " | ".join({True: "met", False: "missed", None: "n/a"}[summary["targets"].get(k)]
-                                 for k in ("T25", "T10", "Tep")) + " |")
-    pairs = ["## lrsearch's default against each arm, seed by seed (wins / losses / ties over every task and seed)",
-             "", "| arm | after 10 trials | after 25 trials |", "|---|---|---|"]
-    at10, at25 = paired(loaded, 10), paired(loaded, 25)
-    pairs += [f"| {name} | {' / '.join(map(str, at10[name]))} | {' / '.join(map(str, at25[name]))} |" for name in at10]
-    text = "\n".join(["## Targets of lrsearch's default", "", *rows, "", *pairs, "", *parts])
+    if pair_summaries:
+        parts += ["## Warm-start pairs: the target study cold and warm-started from the source study's answer", ""]
+        parts += [pair_markdown(p) for p in pair_summaries.values()]
+    text = "\n".join(parts)
     (results / "REPORT.md").write_text(text)
-    (results / "summary.json").write_text(json.dumps(
-        {t: {k: v for k, v in s.items() if k != "arms"} | {"arms": {a: {k: v for k, v in arm.items() if k != "curves"}
-                                                                      for a, arm in s["arms"].items()}}
-         for t, s in summaries.items()}, indent=1))
-    return text, summaries
+    out = {"targets": suite, "tasks": {t: {k: v for k, v in s.items() if k != "recorded_best"}
+                                       | {"recorded_best": {a: r["at"] for a, r in s["recorded_best"].items()}}
+                                       for t, s in summaries.items()}, "pairs": pair_summaries}
+    (results / "summary.json").write_text(json.dumps(_jsonable(out), indent=1))
+    return text, out
+
+
+def _where(summaries: dict[str, Any], target: str) -> str:
+    return ", ".join(f"{t} {VERDICT[s['targets'].get(target)]}" for t, s in summaries.items())
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON has no Infinity or NaN: such values are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def main() -> None:

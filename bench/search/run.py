@@ -1,20 +1,27 @@
-"""The search benchmark: lrsearch's default search against what a user would pick instead, side by side, on tasks
-where the optimizer choice matters, over many seeds (issue 13).
+"""The search benchmark: lrsearch's default search against what a user would pick instead, judged by what each
+arm's returned configuration is worth when a user retrains it on a new seed (issue 23), on tasks where the
+optimizer choice matters, over many seeds.
 
-Arms (``arms.py``): lrsearch's default (the study file names no sampler or pruner), random search at 100 trials
-(its first 10 and 25 are random@10 and @25), the textbook defaults run once each, Optuna out of the box (TPE +
-Hyperband), lrsearch's previous default (its TPE + Hyperband), and Syne Tune's ASHA where ``syne_tune`` is
-installed. Every arm trains through lrsearch's own trainer and study loop, on Optuna's in-memory storage. Seed s
-is the sampler's seed and the training seed (initial weights, shuffles). Jobs (one task, one seed, every arm) run
-in ``--workers`` processes with one torch thread each; each job writes ``bench/results/search/<task>/seed<s>.json``
-and skips arms already there (``--fresh`` reruns them). Then ``report.py`` writes ``REPORT.md``, ``summary.json``
-and a plot per task beside them, and prints the report.
+Arms (``arms.py``): lrsearch's default (the study file names no sampler or pruner), the default without
+confirmation (``search: {confirm: none}``), random search (one run of 100 trials: random@25 and random@100), the
+textbook configurations run once each, Optuna out of the box (TPE + Hyperband) and Syne Tune's ASHA where
+``syne_tune`` is installed. Every arm trains through lrsearch's own trainer and study loop, on Optuna's in-memory
+storage. Seed s is the sampler's seed and the training seed (initial weights, shuffles). Then each arm's returned
+configuration is trained again on ``--retrain`` fresh seeds, the same for every arm of a task and seed
+(``retrain.py``), and, on search seeds below ``--anytime-seeds``, its choice after 5, 10 and 25 trials too.
+Warm-start pairs (``pairs.py``): a source study, then its target cold and warm-started from the source's answer.
 
-    python bench/search/run.py                     # every task, seeds 0-9: an hour or two on 2 cores
-    python bench/search/run.py --quick             # 3 cheap tasks, 3 seeds: a few minutes
-    python bench/search/run.py --tasks digits-mlp --seeds 0 1 2 --arms lrsearch random textbook
+Jobs (one task and seed with every arm, or one pair and seed) run in ``--workers`` processes with one torch thread
+each; each writes ``<results>/<task>/seed<s>.json`` (``<results>/pairs/<pair>/seed<s>.json``) and skips what is
+already there: arms, and retrained values by (configuration, seed) (``--fresh`` reruns the chosen arms). Then
+``report.py`` writes ``REPORT.md``, ``summary.json`` and a plot per task beside them, and prints the report.
 
-Exits non-zero when lrsearch's default misses a target on a task (see report.py).
+    python bench/search/run.py                   # every task and pair, seeds 0-9: hours on 2 cores
+    python bench/search/run.py --quick           # 2 cheap tasks and 1 pair, 3 seeds: a few minutes
+    python bench/search/run.py --tasks digits-mlp quadratic --seeds 0 1
+    python bench/search/run.py --pairs digits-wider --seeds 0 1 2
+
+Exits non-zero when lrsearch's default misses a target on what ran (see ``targets.py``).
 """
 
 from __future__ import annotations
@@ -34,11 +41,19 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import _common  # noqa: E402  (bench/_common.py: the machine, tables)
 
 RESULTS = HERE.parent / "results" / "search"
-QUICK = {"tasks": ["quadratic", "digits-mlp", "teacher-reg"], "seeds": [0, 1, 2]}
+COST = {"digits-mlp": 2.5, "digits-cnn": 1.0, "diabetes-mlp": 0.9, "resmlp-bn": 0.7, "teacher-reg": 0.6,
+        "char-lm": 0.6, "quadratic": 0.2}
+"""Seconds a full trial takes on one core, roughly (2026-12, AMD EPYC): orders the jobs, nothing else."""
+QUICK = {"tasks": ["quadratic", "teacher-reg"], "seeds": [0, 1, 2], "random_trials": 25}
+"""``--quick``: the two cheapest base tasks (a full trial 0.2 s and 0.6 s on one core), 3 seeds (the fewest that
+give a spread), and random search stopped at 25 trials (random@100 is never a target, and its 75 more trials
+would be most of the quick run)."""
 
 
-def job(task_name: str, seed: int, arm_names: list[str], out: str, fresh: bool) -> str:
-    """Every arm of one task and seed, in this process; returns one line of progress."""
+def job(task_name: str, seed: int, arm_names: list[str], out: str, fresh: bool, retrain: int, anytime: bool,
+        random_trials: int) -> str:
+    """Every arm of one task and seed, then their choices retrained, in this process; one line of progress."""
+    import dataclasses
     import warnings
 
     sys.path[:0] = [str(HERE)]
@@ -46,6 +61,7 @@ def job(task_name: str, seed: int, arm_names: list[str], out: str, fresh: bool) 
     import optuna
     import torch
     from arms import ARMS, run_arm
+    from retrain import Retrainer, check_fresh, fresh_seeds, retrain_task
     from search_tasks import TASKS
 
     from lrsearch.config.spec import spec_from_dict
@@ -55,56 +71,100 @@ def job(task_name: str, seed: int, arm_names: list[str], out: str, fresh: bool) 
     torch.set_num_threads(1)
     task = TASKS[task_name]
     path = Path(out) / task_name / f"seed{seed}.json"
-    doc = json.loads(path.read_text()) if path.exists() else {
-        "task": task_name, "seed": seed, "metric": task.metric, "direction": task.direction, "epochs": task.epochs,
-        "holdout": task.holdout, "arms": {}}
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    if doc.get("format") != 2:  # a file of the suite before retraining: start again
+        doc = {"format": 2, "task": task_name, "seed": seed, "metric": task.metric, "direction": task.direction,
+               "epochs": task.epochs, "holdout": task.holdout, "arms": {}, "retrained": {}}
     if fresh:  # rerun the arms asked for; keep the others' results
         doc["arms"] = {name: arm for name, arm in doc["arms"].items() if name not in arm_names}
-    study = task.study(seed)
-    prepared = prepare(spec_from_dict(study))
-    done = []
-    for name in arm_names:
-        if name in doc["arms"]:
-            continue
-        doc["arms"][name] = run_arm(ARMS[name], study, prepared)
+
+    def save() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc))
-        done.append(f"{name} {doc['arms'][name]['wall_seconds']:.0f}s")
-    return f"{task_name} seed {seed}: {', '.join(done) or 'nothing to do'}"
+
+    arms = [dataclasses.replace(ARMS[name], n_trials=random_trials) if name == "random" else ARMS[name]
+            for name in arm_names]
+    study = task.study(seed)
+    prepared = prepare(spec_from_dict(study))
+    done, notes = [], []
+    for arm in arms:
+        if doc["arms"].get(arm.name, {}).get("budget", 0) >= arm.n_trials:
+            continue  # recorded (random search to 100 trials also serves a run that asks for 25)
+        result = run_arm(arm, study, prepared)
+        if isinstance(result, str):
+            notes.append(result)
+            continue
+        doc["arms"][arm.name] = result
+        save()
+        done.append(f"{arm.name} {result['wall_seconds']:.0f}s")
+    seeds = fresh_seeds(seed, retrain)
+    check_fresh(doc, seeds)
+    retrainer = Retrainer(prepared, doc["retrained"], save)
+    recorded = [ARMS[name] for name in ARMS if name in doc["arms"]]  # with arms of earlier runs: the report reads all
+    retrain_task(doc, recorded, retrainer, seeds, anytime)
+    doc["skipped"] = notes
+    save()
+    done.append(f"{retrainer.trained} retrained")
+    return f"{task_name} seed {seed}: {', '.join(done)}" + "".join(f"\n    note: {n}" for n in notes)
 
 
 def main() -> int:
-    from arms import ARMS, available
+    from arms import ARMS, DEFAULT_ARMS, available
+    from pairs import PAIRS, QUICK_PAIR, pair_job
     from search_tasks import TASKS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 cheap tasks, 3 seeds")
+    parser.add_argument("--quick", action="store_true", help=f"tasks {QUICK['tasks']} and pair {QUICK_PAIR}, "
+                        f"seeds {QUICK['seeds']}, random search to {QUICK['random_trials']} trials")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=None)
+    parser.add_argument("--pairs", nargs="*", choices=list(PAIRS), default=None,
+                        help="warm-start pairs (all when named without any); without --tasks, no task runs")
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None)
+    parser.add_argument("--retrain", type=int, default=3, help="fresh seeds each returned configuration retrains on")
+    parser.add_argument("--anytime-seeds", type=int, default=3,
+                        help="the anytime view (choices after 5, 10, 25 trials) retrains on search seeds below this")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--fresh", action="store_true",
                         help="rerun the chosen arms where already recorded (the other arms' results are kept)")
     args = parser.parse_args()
-    tasks = args.tasks or (QUICK["tasks"] if args.quick else list(TASKS))
+    if args.retrain < 3:
+        parser.error("--retrain: at least 3 fresh seeds (one or two cannot tell a configuration from its seed)")
+    if args.pairs is not None:  # --pairs alone: every pair, no task
+        tasks, pairs = args.tasks or [], args.pairs or list(PAIRS)
+    else:
+        tasks = args.tasks or (QUICK["tasks"] if args.quick else list(TASKS))
+        pairs = [QUICK_PAIR] if args.quick else [] if args.tasks else list(PAIRS)
     seeds = args.seeds or (QUICK["seeds"] if args.quick else list(range(10)))
+    random_trials = QUICK["random_trials"] if args.quick else 100
     installed = lambda module: importlib.util.find_spec(module) is not None  # noqa: E731
-    arms = [a for a in (args.arms or list(ARMS)) if available(ARMS[a], installed)]
-    skipped = sorted(set(args.arms or ARMS) - set(arms))
-    _common.print_machine(_common.machine_info(torch_threads=1))
-    print(f"tasks {tasks}, seeds {seeds}, arms {arms}" + (f" (not installed: {skipped})" if skipped else ""))
-    started, jobs = time.perf_counter(), [(t, s) for s in seeds for t in tasks]
+    arms = [a for a in (args.arms or DEFAULT_ARMS) if available(ARMS[a], installed)]
+    skipped = sorted(set(args.arms or DEFAULT_ARMS) - set(arms))
+    machine = _common.machine_info(torch_threads=1)
+    _common.print_machine(machine)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "machine.json").write_text(json.dumps(machine))
+    print(f"tasks {tasks}, pairs {pairs}, seeds {seeds}, arms {arms}"
+          + (f" (not installed: {skipped})" if skipped else "")
+          + f"; {args.retrain} fresh seeds a configuration; anytime view on seeds below {args.anytime_seeds}"
+          + (f"; random search to {random_trials} trials" if random_trials < 100 else ""), flush=True)
+    started = time.perf_counter()
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(job, t, s, arms, str(args.results), args.fresh) for t, s in jobs]
+        # The costliest jobs first, so that two workers end together: tasks by the cost of a trial, then the pairs.
+        by_cost = sorted(tasks, key=lambda t: -COST.get(t, 1.0))
+        futures = [pool.submit(job, t, s, arms, str(args.results), args.fresh, args.retrain, s < args.anytime_seeds,
+                               random_trials) for t in by_cost for s in seeds]
+        futures += [pool.submit(pair_job, p, s, str(args.results), args.fresh, args.retrain)
+                    for p in pairs for s in seeds]
         for index, future in enumerate(as_completed(futures), start=1):
-            print(f"[{index}/{len(jobs)} {time.perf_counter() - started:6.0f}s] {future.result()}", flush=True)
+            print(f"[{index}/{len(futures)} {time.perf_counter() - started:6.0f}s] {future.result()}", flush=True)
     from report import report
 
-    text, summaries = report(args.results)
+    text, suite = report(args.results, tasks=tasks, pairs=pairs)
     print(text)
-    missed = [f"{task} {name}" for task, s in summaries.items() if task in tasks
-              for name, met in s["targets"].items() if met is False]
+    print(f"wall {time.perf_counter() - started:.0f}s")
+    missed = [name for name, held in suite["targets"].items() if held is not True]
     print("headline: lrsearch's default " + (f"misses {', '.join(missed)}" if missed else "meets every target"))
     return 1 if missed else 0
 

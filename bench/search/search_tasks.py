@@ -2,12 +2,14 @@
 choice matters, as lrsearch study files.
 
 Five are for development (digits-mlp and the quadratic are the shipped studies); two are held out: they were looked
-at only after the default search was chosen, and they search a wider space. Every dataset ships with a package or
-is generated: nothing is downloaded.
+at only after the default search was chosen, and they search a wider space. These seven are the base tasks. Their
+variants (wider, longer, a new split) are the other halves of the warm-start pairs. Every dataset ships with a
+package or is generated: nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,8 +189,8 @@ def char_lm(context: int = 8, emb: int = 16, hidden: int = 128, n_train: int = 1
                          torch.nn.functional.cross_entropy, {"accuracy": _accuracy})
 
 
-def _entry(function: str) -> dict[str, str]:
-    return {"entrypoint": f"search_tasks:{function}"}
+def _entry(function: str, **args: Any) -> dict[str, Any]:
+    return {"entrypoint": f"search_tasks:{function}", **({"args": args} if args else {})}
 
 
 TASKS: dict[str, BenchTask] = {t.name: t for t in [
@@ -206,4 +208,24 @@ TASKS: dict[str, BenchTask] = {t.name: t for t in [
                "schedules": ["constant", "cosine", "warmup_cosine"]}, holdout=True),
     BenchTask("diabetes-mlp", _entry("diabetes_mlp"), 40, 32, "val_loss", "minimize", holdout=True),
 ]}
-"""Every task by name; ``holdout=True`` marks the two held out while the default was chosen."""
+"""Every task by name; ``holdout=True`` marks the two held out while the default was chosen. These seven are the
+base tasks the targets count."""
+
+
+def _variant(base: str, name: str, **changes: Any) -> BenchTask:
+    return dataclasses.replace(TASKS[base], name=name, **changes)
+
+
+VARIANTS: dict[str, BenchTask] = {t.name: t for t in [
+    _variant("digits-mlp", "digits-mlp-h64", task={"entrypoint": "lrsearch.training.tasks:digits_mlp",
+                                                   "args": {"hidden": 64}}),
+    _variant("digits-mlp", "digits-mlp-split1", task={"entrypoint": "lrsearch.training.tasks:digits_mlp",
+                                                      "args": {"split_seed": 1}}),
+    _variant("teacher-reg", "teacher-reg-10ep", epochs=10),
+    _variant("quadratic", "quadratic-5ep", epochs=5),
+    _variant("char-lm", "char-lm-h256", task=_entry("char_lm", hidden=256)),
+]}
+"""Base tasks changed the way a user's next study changes an earlier one (the same model wider, trained longer, on
+a new split of its data): the other halves of the warm-start pairs (``pairs.py``). Not base tasks."""
+
+ALL_TASKS: dict[str, BenchTask] = TASKS | VARIANTS
