@@ -91,6 +91,9 @@ def cli(debug: bool) -> None:
               help="Train K trials at once as one stacked model (torch.func.vmap); one process per trial only.")
 @click.option("--lr-range", metavar="auto|preset", default=None,
               help="auto: narrow each optimizer's lr interval with an LR range test before the first trial.")
+@click.option("--warm-start", "warm_start", multiple=True, metavar="STUDY|FILE",
+              help="Start from an earlier study of the same storage, or a file lrsearch export wrote: its best "
+              "configuration runs first and the search centres on it (repeatable; adds to search.warm_start).")
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
 @tracking_uri_option
 @click.option("--experiment", metavar="NAME", help="MLflow experiment (default: the study file's mlflow.experiment, "
@@ -102,7 +105,8 @@ def cli(debug: bool) -> None:
 @click.option("--worker-of", type=int, default=None, hidden=True)
 def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: float | None, storage: str | None,
          study_name: str | None, sampler: str | None, pruner: str | None, seed: int | None, device: str | None,
-         nproc_per_trial: str | None, batch_trials: int | None, lr_range: str | None, no_progress: bool,
+         nproc_per_trial: str | None, batch_trials: int | None, lr_range: str | None, warm_start: tuple[str, ...],
+         no_progress: bool,
          tracking_uri: str | None, experiment: str | None, no_mlflow: bool, workers: str,
          worker_of: int | None) -> None:
     """Run a study to its budget; rerun the same command to resume it."""
@@ -115,7 +119,7 @@ def tune(study_file: str, n_trials: int | None, epochs: int | None, timeout: flo
     count = parse_workers(workers)
     overrides = Overrides(n_trials=n_trials, epochs=epochs, timeout=timeout, sampler=sampler, pruner=pruner,
                           seed=seed, device=device, nproc_per_trial=nproc_per_trial, lr_range=lr_range,
-                          batch_trials=batch_trials)
+                          batch_trials=batch_trials, warm_start=warm_start)
     gpus: list[list[str]] = [[]]
     if count != 1:
         from lrsearch.study.workers import worker_gpus
@@ -186,18 +190,19 @@ def worker_args(params: dict[str, Any]) -> list[str]:
 
 
 def _print_summary(console: Any, study: Any) -> None:
-    from lrsearch.cli.report import trials_table
-    from lrsearch.study.results import best_trial, top_trials
-    from lrsearch.tracking.export import render, trial_config
+    from lrsearch.cli.report import answer_lines, trials_table
+    from lrsearch.study.confirmation import is_confirmation
+    from lrsearch.study.results import top_trials
 
-    console.print(trials_table(study, top_trials(study), title=f"top trials of {study.study_name}"))
+    best = [t for t in top_trials(study, 10) if not is_confirmation(t)][:5]
+    console.print(trials_table(study, best, title=f"top trials of {study.study_name}"))
     try:
-        config = trial_config(study, best_trial(study))
+        lines = answer_lines(study)
     except LrsearchError as exc:
         console.print(str(exc))
         return
-    console.print(f"best optimizer configuration (lrsearch export {study.study_name}):")
-    console.print(render(config, "json"), end="", markup=False, highlight=False)
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @cli.command()

@@ -26,7 +26,7 @@ def _format(value: Any) -> str:
 
 def trials_table(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None, title: str = "") -> Table:
     table = Table(title=title or f"study {study.study_name} ({study.direction.name.lower()})")
-    for column in ("trial", "state", "optimizer", "params", "value", "diverged"):
+    for column in ("trial", "state", "optimizer", "params", "value", "diverged", "role"):
         table.add_column(column, justify="right" if column in ("trial", "value") else "left")
     for t in trials if trials is not None else study.get_trials(deepcopy=False):
         params = plain_params(t)
@@ -34,8 +34,46 @@ def trials_table(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | N
         text = " ".join(f"{k}={_format(v)}" for k, v in params.items())
         value = "" if t.value is None else _format(t.value)
         table.add_row(str(t.number), t.state.name, str(optimizer), text, value,
-                      "yes" if t.user_attrs.get("diverged") else "")
+                      "yes" if t.user_attrs.get("diverged") else "", trial_role(t))
     return table
+
+
+def trial_role(trial: optuna.trial.FrozenTrial) -> str:
+    """Why a trial ran, where it is not a searched one: a textbook or warm-start configuration, or a confirmation
+    of another trial's configuration on a new seed; and why one never trained."""
+    from lrsearch.study.budget import NEVER_TRAINED
+    from lrsearch.study.confirmation import CONFIRMS_ATTR, SEED_ATTR
+
+    attrs = trial.user_attrs
+    if attrs.get("fail_reason") in NEVER_TRAINED:
+        return attrs["fail_reason"]
+    if CONFIRMS_ATTR in attrs:
+        return f"confirms trial {attrs[CONFIRMS_ATTR]} (seed {attrs.get(SEED_ATTR)})"
+    label = attrs.get("portfolio")
+    if label is None:
+        return ""
+    return f"warm start ({label.removeprefix('warm:')})" if label.startswith("warm:") else f"textbook ({label})"
+
+
+def answer_lines(study: optuna.Study) -> list[str]:
+    """The study's answer in a few lines: the configuration, its value on the seeds it trained with, and the
+    command that exports it."""
+    from lrsearch.study.results import study_answer
+
+    answer = study_answer(study)
+    params = plain_params(answer.trial)
+    optimizer = params.pop("optimizer")
+    metric = study.user_attrs.get("spec", {}).get("objective", {}).get("metric", "value")
+    seeds = ", ".join(str(s) for s in answer.seeds)
+    if len(answer.values) > 1:
+        worth = (f"{metric} {_format(answer.value)} ± {answer.spread:.2g} (mean ± sd over seeds {seeds}: trials "
+                 f"{', '.join(map(str, answer.trials))})")
+    else:
+        worth = f"{metric} {_format(answer.value)} (one run, seed {seeds}: a new seed may do a little worse)"
+    return [f"answer: {optimizer} " + " ".join(f"{k}={_format(v)}" for k, v in params.items())
+            + f" (trial {answer.trial.number})",
+            f"  {worth}",
+            f"  export it: lrsearch export {study.study_name} -o best.json"]
 
 
 def studies_table(rows: list[dict[str, Any]]) -> Table:

@@ -23,6 +23,8 @@ class Overrides:
     nproc_per_trial: int | str | None = None
     lr_range: str | None = None
     batch_trials: int | None = None
+    warm_start: tuple[str, ...] = ()
+    """Added to the study file's ``search.warm_start``."""
 
     def apply(self, spec: StudySpec) -> StudySpec:
         """A new, validated spec with these values in place; ``--seed`` also seeds a sampler that has no seed."""
@@ -39,6 +41,7 @@ class Overrides:
                 data[section][key] = value
         if self.seed is not None and data["sampler"].get("seed") is None:
             data["sampler"]["seed"] = self.seed
+        data["search"]["warm_start"] = [*data["search"].get("warm_start", []), *self.warm_start]
         new = spec_from_dict(data, spec.source or "<study>")
         new.source = spec.source
         return new

@@ -270,6 +270,23 @@ def torch_kwargs(optimizer: str, params: dict[str, float]) -> dict[str, Any]:
     return kwargs
 
 
+def params_from_kwargs(optimizer: str, kwargs: dict[str, Any]) -> dict[str, float]:
+    """The plain hyperparameters (``lr``, ``beta1``, ...) that torch constructor ``kwargs`` stand for: the inverse
+    of :func:`torch_kwargs`, to read a configuration back from an export.
+
+    Example:
+        >>> params_from_kwargs("adamw", {"lr": 0.002, "betas": [0.9, 0.99], "eps": 1e-08, "weight_decay": 0.01})
+        {'lr': 0.002, 'beta1': 0.9, 'beta2': 0.99, 'eps': 1e-08, 'weight_decay': 0.01}
+    """
+    params: dict[str, float] = {}
+    for name in PRESETS[optimizer].hyperparameters:
+        if name in ("beta1", "beta2") and "betas" in kwargs:
+            params[name] = float(kwargs["betas"][0 if name == "beta1" else 1])
+        elif name in kwargs:
+            params[name] = float(kwargs[name])
+    return params
+
+
 def flat_params(config: dict[str, Any]) -> dict[str, Any]:
     """A trial configuration in the user's plain names, one level deep: what ``show``, tracking and function mode's
     ``ctx.params`` present.

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from lrsearch.config.problems import problems
 from lrsearch.config.search_space import OPTIMIZERS, PRESETS, SCHEDULES, Range, SearchSpace
 from lrsearch.errors import SpecError
 
@@ -138,6 +139,20 @@ class Train(_Strict):
         return self
 
 
+class Confirm(_Strict):
+    """``search.confirm: {configs, seeds}``: before the study ends, its ``configs`` best configurations train again
+    on ``seeds`` new seeds each, and the study returns the best mean."""
+
+    configs: int = Field(2, gt=0)
+    seeds: int = Field(1, gt=0)
+
+
+AUTO_CONFIRM = Confirm(configs=2, seeds=1)
+"""``confirm: auto`` with the default search (see README, "How the search works": chosen on the search bench)."""
+CONFIRM_MIN_TRIALS = 10
+"""``confirm: auto`` confirms only in a study of at least this many trials: a smaller one has no search to guard."""
+
+
 class Search(_Strict):
     optimizers: list[Literal[OPTIMIZERS]] = Field(default_factory=lambda: list(OPTIMIZERS), min_length=1)  # type: ignore[valid-type]
     schedules: list[Literal[SCHEDULES]] = Field(default_factory=lambda: ["constant"], min_length=1)  # type: ignore[valid-type]
@@ -147,6 +162,11 @@ class Search(_Strict):
     """``textbook``: run the textbook configurations first (``auto``: for the prior sampler)."""
     grid_points: int = Field(5, gt=0)
     lr_range: Literal["auto", "preset"] = "preset"
+    confirm: Literal["auto", "none"] | Confirm = "auto"
+    """Train the best configurations again on new seeds before the study ends (``auto``: with the prior sampler)."""
+    warm_start: list[str] = Field(default_factory=list)
+    """Earlier studies (names in the same storage) or exported configuration files (``.json``/``.yaml``) whose best
+    configurations run first, and around which the prior sampler searches."""
     # Per-optimizer overrides, one optional field per optimizer: {hyperparameter: value | {low, high}}.
     sgd: dict[str, float | RangeSpec] | None = None
     momentum: dict[str, float | RangeSpec] | None = None
@@ -294,6 +314,24 @@ class StudySpec(_Strict):
             return self.sampler.name == "prior"
         return self.search.portfolio == "textbook"
 
+    @property
+    def confirmation(self) -> Confirm | None:
+        """How many configurations are confirmed on how many new seeds (``search.confirm``; ``auto``: with the prior
+        sampler, in a study of at least ``CONFIRM_MIN_TRIALS`` trials), or None."""
+        confirm = self.search.confirm
+        if confirm == "auto":
+            return AUTO_CONFIRM if self.sampler.name == "prior" and self.budget.n_trials >= CONFIRM_MIN_TRIALS \
+                else None
+        return None if confirm == "none" else confirm
+
+    @model_validator(mode="after")
+    def _confirmation_fits(self) -> StudySpec:
+        confirm = self.search.confirm
+        if isinstance(confirm, Confirm) and confirm.configs * confirm.seeds >= self.budget.n_trials:
+            raise ValueError(f"search.confirm: {confirm.configs} configurations x {confirm.seeds} seeds take the "
+                             f"whole budget of {self.budget.n_trials} trials (allowed: fewer than budget.n_trials)")
+        return self
+
     @field_validator("objective")
     @classmethod
     def _metric(cls, value: ObjectiveSpec) -> ObjectiveSpec:
@@ -334,83 +372,4 @@ def spec_from_dict(data: Any, source: str = "<study>") -> StudySpec:
     try:
         return StudySpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(source, _problems(exc)) from None
-
-
-def _problems(exc: ValidationError) -> list[str]:
-    groups: dict[tuple, dict[str, list[dict]]] = {}
-    plain: list[dict] = []
-    for error in exc.errors():
-        tag_at = next((i for i, part in enumerate(error["loc"]) if _is_tag(part)), None)
-        if tag_at is None:
-            plain.append(error)
-        else:
-            key = tuple(_user_loc(error["loc"][:tag_at]))
-            groups.setdefault(key, {}).setdefault(str(error["loc"][tag_at]), []).append(error)
-    problems = [line for error in plain for line in _describe(error)]
-    for key, members in groups.items():
-        # A value that fits no member of a union: report the member whose shape it has, else one line.
-        fitting = [errs for errs in members.values() if not all(_is_shape_error(e, key) for e in errs)]
-        if fitting:
-            problems += [line for error in fitting[0] for line in _describe(error)]
-        else:
-            first = next(iter(members.values()))[0]
-            where = ".".join(str(part) for part in key)
-            expected = " or ".join(_member_name(m) for m in members)
-            problems.append(f"{where}: expected {expected} (got {first['input']!r})")
-    return problems
-
-
-def _describe(error: dict) -> list[str]:
-    loc = _user_loc(error["loc"])
-    where = ".".join(str(part) for part in loc)
-    kind = error["type"]
-    if kind == "value_error":
-        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
-        lines = message.splitlines()
-        # A validator that checks several fields names each in its lines ("search.adam.lr: ...").
-        return [line if line.split(".", 1)[0] in StudySpec.model_fields or not where else f"{where}: {line}"
-                for line in lines]
-    if kind == "extra_forbidden":
-        return [f"{where}: unknown key (allowed: {', '.join(_allowed_keys(loc[:-1]))})"]
-    if kind == "literal_error":
-        return [f"{where}: {error['input']!r} is not allowed (allowed: {error['ctx']['expected']})"]
-    if kind == "missing":
-        return [f"{where}: required key is missing"]
-    return [f"{where}: {error['msg'].lower()} (got {error['input']!r})"]
-
-
-def _is_shape_error(error: dict, union_loc: tuple) -> bool:
-    at_root = tuple(_user_loc(error["loc"])) == union_loc
-    return at_root and (error["type"].endswith(("_type", "_parsing")) or error["type"] == "model_type")
-
-
-def _is_tag(part: Any) -> bool:
-    return isinstance(part, str) and (part[:1].isupper() or "[" in part or part in _TAGS)
-
-
-def _member_name(tag: str) -> str:
-    return {"str": "a name", "float": "a number", "int": "an integer"}.get(tag, "a mapping" if "[" in tag or
-                                                                       tag[:1].isupper() else tag)
-
-
-def _user_loc(loc: tuple) -> list:
-    """Drop pydantic's union-member tags ('str', 'TaskRef', 'float', ...) from an error location."""
-    return [part for part in loc if not _is_tag(part)]
-
-
-_TAGS = {"str", "int", "float", "bool", "list", "dict", "literal['auto']"}
-
-
-def _allowed_keys(loc: list) -> list[str]:
-    model: Any = StudySpec
-    for part in loc:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            return []
-    return [name for name in model.model_fields if name != "source"]
+        raise SpecError(source, problems(exc, StudySpec)) from None

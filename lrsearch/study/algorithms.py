@@ -66,17 +66,18 @@ _MADE: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 """The pruners :func:`make_pruner` built, and the names they were built from: their schedules are known."""
 
 
-def make_pruner(name: str, epochs: int, n_trials: int = 1) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, epochs: int, n_trials: int = 1, reserved: int = 0) -> optuna.pruners.BasePruner:
     """The pruner a study file names; resources are epochs (lrsearch reports epoch k as step k - 1). ``n_trials``
-    is the study's budget, which the halving pruner keeps to about half its full epochs."""
-    pruner = _build_pruner(name, epochs, n_trials)
+    is the study's budget, which the halving pruner keeps to about half its full epochs, ``reserved`` of them
+    full trials still to come (confirmations)."""
+    pruner = _build_pruner(name, epochs, n_trials, reserved)
     _MADE[pruner] = name
     return pruner
 
 
-def _build_pruner(name: str, epochs: int, n_trials: int) -> optuna.pruners.BasePruner:
+def _build_pruner(name: str, epochs: int, n_trials: int, reserved: int) -> optuna.pruners.BasePruner:
     if name == "halving":
-        return HalvingPruner(epochs, n_trials)
+        return HalvingPruner(epochs, n_trials, reserved=reserved)
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":

@@ -9,12 +9,14 @@ still run, this one waits for them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import TaskError, TrialRuntimeError
 from lrsearch.study.algorithms import PruningPoints
 from lrsearch.study.budget import ask_within_budget, open_slots
+from lrsearch.study.confirmation import queue_confirmations, searched_room, trial_seed
 from lrsearch.study.heartbeat import fail_stale_trials, heartbeats
 from lrsearch.study.observers import Observers, observing
 from lrsearch.study.trials import EpochReporter, finish_trial, start_trial
@@ -44,10 +46,15 @@ class TrialTrainer:
         self.batch = spec.train.batch_trials
         """How many trials one step trains."""
 
+    def settings_of(self, trial: optuna.Trial) -> TrialSettings:
+        """The trial's settings: the study's, with the trial's own seed where it has one (a confirmation)."""
+        return dataclasses.replace(self.settings, seed=trial_seed(trial, self.settings.seed))
+
     def train(self, numbers: Sequence[int], configs: Sequence[dict[str, Any]],
-              hooks: Sequence[Callable[[EpochMetrics], bool]]) -> list[TrialOutcome]:
-        """Train ``configs`` (trials ``numbers``), each reporting its epochs to its hook; one outcome each."""
-        prepared, settings = self.prepared, self.settings
+              hooks: Sequence[Callable[[EpochMetrics], bool]], settings: TrialSettings) -> list[TrialOutcome]:
+        """Train ``configs`` (trials ``numbers``, all with ``settings``), each reporting its epochs to its hook; one
+        outcome each."""
+        prepared = self.prepared
         if prepared.function is not None:
             import optuna
 
@@ -96,7 +103,11 @@ def run_study(study: optuna.Study, storage: Any, prepared: Prepared,
     failures = out_of_memory = 0
     for free in open_slots(study, storage, prepared.spec.budget):
         fail_stale_trials(study, storage)  # a dead process's trials are failed and queued for retry: they come first
-        trials = ask_within_budget(study, min(trainer.batch, free), prepared.spec.budget.n_trials)
+        # Once due, the best configurations again on new seeds; each trains on its own (stacked trials share a seed).
+        room = searched_room(study, prepared.spec)
+        count = 1 if queue_confirmations(study, prepared.spec) else \
+            min(trainer.batch, free, room if room is not None and room > 0 else free)
+        trials = ask_within_budget(study, count, prepared.spec.budget.n_trials)
         if not trials:
             continue
         error = _train_and_tell(study, storage, trainer, trials, observers, points)
@@ -120,6 +131,7 @@ def _train_and_tell(study: optuna.Study, storage: Any, trainer: TrialTrainer, tr
                     observers: Observers, points: PruningPoints) -> BaseException | None:
     """One step: start the trials, train them, finish each; returns the exception that failed them, if any."""
     spec = trainer.prepared.spec
+    settings = trainer.settings_of(trials[0])
     training = _training_record(trainer, trials)
     hooks = [EpochReporter(trial, spec.objective, observers, points) for trial in trials]
     memory = PeakMemory(trainer.prepared.device)  # K stacked trials share one peak: they train as one model
@@ -131,8 +143,8 @@ def _train_and_tell(study: optuna.Study, storage: Any, trainer: TrialTrainer, tr
         try:
             with memory:
                 for trial in trials:
-                    configs.append(start_trial(study, trial, spec, trainer.settings, training, observers))
-                outcomes = trainer.train([t.number for t in trials], configs, hooks)
+                    configs.append(start_trial(study, trial, spec, settings, training, observers))
+                outcomes = trainer.train([t.number for t in trials], configs, hooks, settings)
         except BaseException as exc:
             if is_out_of_memory(exc):
                 release_memory(exc, trainer.prepared.device)  # before the next trial asks for it again

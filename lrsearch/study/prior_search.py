@@ -31,32 +31,53 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from lrsearch.config.priors import coordinates, portfolio
+from lrsearch.study.confirmation import CONFIRMS_ATTR
 
 if TYPE_CHECKING:
     from lrsearch.config.search_space import SearchSpace
+    from lrsearch.config.spec import StudySpec
 
 PORTFOLIO_ATTR = "portfolio"
 """User attribute of a portfolio trial: the label of its textbook configuration (``adam``, ``momentum-cosine``)."""
 
 
-def enqueue_portfolio(study: optuna.Study, space: SearchSpace, n_trials: int) -> None:
-    """Queue the study's textbook configurations that no trial has run or holds yet, as far as the budget of
-    ``n_trials`` has room for them: run again, it queues nothing new; a study whose budget was raised gets the
-    rest of its portfolio. A trial that was queued but never trained (the budget was complete first) does not count
-    as run."""
+WARM_ATTR = "warm_start"
+"""Study user attribute: the warm-start configurations by label (``warm:<source>``), resolved by the first ``tune``
+(:mod:`lrsearch.study.warm_start`) so every rerun and worker runs the same ones."""
+
+
+def fixed_configs(study: optuna.Study, spec: StudySpec, space: SearchSpace | None = None) -> dict[str, dict[str, Any]]:
+    """The configurations a study runs first, in order, by label: its warm-start configurations, then the textbook
+    portfolio fitted to its space (``space``: the study's, narrowed by an LR range test) where the study runs it
+    (``search.portfolio``; with ``auto`` a warm start replaces it)."""
+    warm = dict(study.user_attrs.get(WARM_ATTR, {}))
+    textbook = spec.runs_portfolio and (not warm or spec.search.portfolio == "textbook")
+    return {**warm, **(portfolio(space or spec.space()) if textbook else {})}
+
+
+def enqueue_portfolio(study: optuna.Study, spec: StudySpec) -> None:
+    """Queue the study's fixed configurations (:func:`fixed_configs`) that no trial has run or holds yet, as far as
+    the budget (``n_trials``) has room for them: run again, it queues nothing new; a study whose budget was raised
+    gets the rest. A trial that was queued but never trained (the budget was complete first) does not count as run.
+    """
     from lrsearch.study.budget import NEVER_TRAINED
 
     trials = study.get_trials(deepcopy=False)
     held = {t.user_attrs.get(PORTFOLIO_ATTR) for t in trials if t.user_attrs.get("fail_reason") not in NEVER_TRAINED}
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    room = n_trials - sum(t.state in live for t in trials)
-    missing = [(label, config) for label, config in portfolio(space).items() if label not in held]
+    room = spec.budget.n_trials - sum(t.state in live for t in trials)
+    missing = [(label, config) for label, config in fixed_configs(study, spec).items() if label not in held]
     for label, config in missing[:max(0, room)]:
-        study.enqueue_trial(coordinates(space).encode(config), user_attrs={PORTFOLIO_ATTR: label})
+        study.enqueue_trial(coordinates(spec.space()).encode(config), user_attrs={PORTFOLIO_ATTR: label})
 
 
 def is_portfolio(trial: FrozenTrial) -> bool:
     return PORTFOLIO_ATTR in trial.user_attrs
+
+
+def trains_in_full(trial: FrozenTrial) -> bool:
+    """A trial the pruner never stops: a fixed configuration (textbook, warm start) or a confirmation."""
+    return PORTFOLIO_ATTR in trial.user_attrs or CONFIRMS_ATTR in trial.user_attrs
 
 
 class PriorSampler(optuna.samplers.BaseSampler):
@@ -65,6 +86,8 @@ class PriorSampler(optuna.samplers.BaseSampler):
     Args:
         distributions: :meth:`RelativeSpace.distributions` of the study's space.
         seed: For reproducible studies.
+        centres: Where the prior is centred instead of the textbook: relative coordinates of known good
+            configurations (a warm start's), one drawn per prior trial.
     """
 
     P_PRIOR = 0.25
@@ -80,9 +103,11 @@ class PriorSampler(optuna.samplers.BaseSampler):
     STEP = {"lr_scale": 0.5, "one_minus_momentum": 0.3, "one_minus_beta2": 0.3, "eps": 0.5, "wd_scale": 0.5}
     """Spread of a mutation, in the same units; lr always moves, the others half the time."""
 
-    def __init__(self, distributions: dict[str, Any], seed: int | None = None) -> None:
+    def __init__(self, distributions: dict[str, Any], seed: int | None = None,
+                 centres: list[dict[str, Any]] | None = None) -> None:
         self.distributions = distributions
         self.seed = seed
+        self.centres = list(centres or [])
 
     def reseed_rng(self) -> None:
         self.seed = None
@@ -97,7 +122,7 @@ class PriorSampler(optuna.samplers.BaseSampler):
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
         finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if t.value is not None and math.isfinite(t.value)]
+                    if t.value is not None and math.isfinite(t.value) and CONFIRMS_ATTR not in t.user_attrs]
         rng = self._rng(trial)
         if not finished or rng.random() < self.P_PRIOR:
             return self._prior(rng)
@@ -112,7 +137,19 @@ class PriorSampler(optuna.samplers.BaseSampler):
         return _draw(self._rng(trial, 1), distribution, None)
 
     def _prior(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {name: _draw(rng, dist, self.PRIOR.get(name)) for name, dist in self.distributions.items()}
+        if not self.centres:
+            return {name: _draw(rng, dist, self.PRIOR.get(name)) for name, dist in self.distributions.items()}
+        # Around a known good configuration: its values with the prior's spread; its optimizer and schedule
+        # kept, but for a switch now and then, as a mutation would.
+        centre = self.centres[rng.integers(len(self.centres))]
+        prior = {name: (_log(dist, centre[name]), self.PRIOR[name][1]) for name, dist in self.distributions.items()
+                 if name in self.PRIOR and centre.get(name) is not None}
+        drawn = {name: _draw(rng, dist, prior.get(name)) for name, dist in self.distributions.items()}
+        for name, dist in self.distributions.items():
+            if isinstance(dist, CategoricalDistribution) and centre.get(name) in dist.choices \
+                    and rng.random() >= self.P_SWITCH:
+                drawn[name] = centre[name]
+        return drawn
 
     def _mutate(self, rng: np.random.Generator, parent: dict[str, Any]) -> dict[str, Any]:
         child = dict(parent)
@@ -127,6 +164,11 @@ class PriorSampler(optuna.samplers.BaseSampler):
                 centre = math.log10(child[name]) if dist.log else child[name]
                 child[name] = _draw(rng, dist, (centre, self.STEP[name]))
         return child
+
+
+def _log(dist: Any, value: float) -> float:
+    """``value`` on the scale a prior spread is counted in: decades for a log-scaled distribution."""
+    return math.log10(value) if dist.log else value
 
 
 def _draw(rng: np.random.Generator, dist: Any, normal: tuple[float, float] | None) -> Any:
@@ -149,17 +191,20 @@ class HalvingPruner(optuna.pruners.BasePruner):
         n_trials: The study's budget of trials.
         keep: The share of the trials at a rung that goes on (at least the best one).
         epoch_budget: The share of ``n_trials`` full trials' epochs the study aims to spend.
+        reserved: Full trials still to come that no searched trial may take the epochs of (the confirmations).
     """
 
-    def __init__(self, epochs: int, n_trials: int, keep: float = 1 / 3, epoch_budget: float = 0.5) -> None:
+    def __init__(self, epochs: int, n_trials: int, keep: float = 1 / 3, epoch_budget: float = 0.5,
+                 reserved: int = 0) -> None:
         quarter = max(1, round(epochs / 4))
         self.rungs = sorted({quarter, 2 * quarter} & set(range(1, epochs)))
         """Epochs after which a trial is judged (1-based; epoch k is reported as step k - 1)."""
         self.epochs, self.n_trials, self.keep, self.epoch_budget = epochs, n_trials, keep, epoch_budget
+        self.reserved = reserved
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
-        if step is None or step + 1 not in self.rungs or is_portfolio(trial):
+        if step is None or step + 1 not in self.rungs or trains_in_full(trial):
             return False
         value = trial.intermediate_values[step]
         if math.isnan(value):
@@ -174,11 +219,13 @@ class HalvingPruner(optuna.pruners.BasePruner):
         return value < cutoff if maximize else value > cutoff
 
     def _over_budget(self, trials: list[FrozenTrial], committed: int) -> bool:
-        """Whether the searched (not portfolio) trials would train more than their share of the epochs: what they
-        trained so far, plus the ``committed`` epochs the trial at this rung trains if it goes on."""
+        """Whether the searched trials (neither fixed nor confirmations) would train more than their share of the
+        epochs: what they trained so far, plus the ``committed`` epochs the trial at this rung trains if it goes
+        on. Fixed trials, confirmations and the confirmations still to come train in full, outside the share."""
         live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        searched = [t for t in trials if t.state in live and not is_portfolio(t)]
-        portfolio_trials = sum(is_portfolio(t) for t in trials)
-        share = (self.epoch_budget * self.n_trials - portfolio_trials) / max(1, self.n_trials - portfolio_trials)
+        searched = [t for t in trials if t.state in live and not trains_in_full(t)]
+        confirming = sum(CONFIRMS_ATTR in t.user_attrs for t in trials)
+        full = sum(PORTFOLIO_ATTR in t.user_attrs for t in trials) + max(confirming, self.reserved)
+        share = (self.epoch_budget * self.n_trials - full) / max(1, self.n_trials - full)
         spent = sum(len(t.intermediate_values) for t in searched)
         return spent + committed > share * self.epochs * len(searched)

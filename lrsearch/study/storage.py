@@ -197,28 +197,37 @@ def _write_ahead_log(engine: Any) -> None:
     engine.dispose()  # pooled connections opened before the listener get replaced by ones with the pragmas
 
 
-def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, name: str,
-                 queue: bool = True) -> optuna.Study:
-    """Create the study, or load it to resume; the study file is kept in its user attrs. With ``queue``, a study
-    that runs the textbook portfolio gets those of its configurations queued first that its budget has room for
-    and no trial ran yet (:func:`~lrsearch.study.prior_search.enqueue_portfolio`)."""
+def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, name: str, queue: bool = True,
+                 warm_start: dict[str, dict[str, Any]] | None = None) -> optuna.Study:
+    """Create the study, or load it to resume; the study file is kept in its user attrs, and so are the warm-start
+    configurations (``warm_start``, by label) of a new study. With ``queue``, a study that runs fixed
+    configurations first (the textbook portfolio, a warm start) gets those queued that its budget has room for and
+    no trial ran yet (:func:`~lrsearch.study.prior_search.enqueue_portfolio`)."""
     import optuna
 
-    from lrsearch.study.prior_search import enqueue_portfolio
+    from lrsearch.config.priors import RelativeSpace
+    from lrsearch.study.prior_search import WARM_ATTR, PriorSampler, enqueue_portfolio
 
     space = spec.space()
+    plan = spec.confirmation
     study = optuna.create_study(
         storage=storage,
         study_name=name,
         direction=spec.objective.direction,
         sampler=make_sampler(spec.sampler.name, spec.sampler.seed, space, spec.search.grid_points),
-        pruner=make_pruner(spec.pruner.name, spec.budget.epochs, spec.budget.n_trials),
+        pruner=make_pruner(spec.pruner.name, spec.budget.epochs, spec.budget.n_trials,
+                           plan.configs * plan.seeds if plan else 0),
         load_if_exists=True,
     )
     if "spec" not in study.user_attrs:
         study.set_user_attr("spec", spec.model_dump(mode="json"))
-    if queue and spec.runs_portfolio:
-        enqueue_portfolio(study, space, spec.budget.n_trials)
+        if warm_start:
+            study.set_user_attr(WARM_ATTR, warm_start)
+    warm = study.user_attrs.get(WARM_ATTR, {})
+    if warm and isinstance(study.sampler, PriorSampler):  # the prior is centred on them
+        study.sampler.centres = [RelativeSpace(space).encode(config) for config in warm.values()]
+    if queue:
+        enqueue_portfolio(study, spec)
     return study
 
 

@@ -27,10 +27,12 @@ def start_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, setti
     """Sample the trial's configuration and record it with the training settings; returns the configuration.
 
     A portfolio trial records its sampler parameters too, but trains its textbook configuration exactly as the
-    study can run it (no round trip through the sampler's coordinates).
+    study can run it (no round trip through the sampler's coordinates); a confirmation trial trains the
+    configuration of the trial it confirms, with its own seed (``settings.seed``).
     """
-    from lrsearch.config.priors import coordinates, portfolio
-    from lrsearch.study.prior_search import PORTFOLIO_ATTR
+    from lrsearch.config.priors import coordinates
+    from lrsearch.study.confirmation import CONFIRMS_ATTR
+    from lrsearch.study.prior_search import PORTFOLIO_ATTR, fixed_configs
 
     space = spec.space().with_lr_ranges(study.user_attrs.get("lr_ranges", {}))
     if spec.sampler.name == "grid":
@@ -39,7 +41,10 @@ def start_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, setti
         config = coordinates(space).suggest(trial)
     label = trial.user_attrs.get(PORTFOLIO_ATTR)
     if label is not None:
-        config = portfolio(space).get(label, config)
+        config = fixed_configs(study, spec, space).get(label, config)
+    confirmed = trial.user_attrs.get(CONFIRMS_ATTR)
+    if confirmed is not None:
+        config = study.get_trials(deepcopy=False)[confirmed].user_attrs["config"]
     trial.set_user_attr("config", config)
     trial.set_user_attr("training", {"batch_size": settings.batch_size, "epochs": settings.epochs,
                                      "world_size": training["world_size"], "seed": settings.seed,

@@ -59,6 +59,7 @@ def set_up_study(spec: StudySpec | str | Path | dict[str, Any], overrides: Overr
         queue: Queue the textbook portfolio's configurations that the budget has room for (see
             :func:`~lrsearch.study.prior_search.enqueue_portfolio`); False in a worker, whose launcher queued them.
     """
+    from lrsearch.study.warm_start import resolve_warm_start
     from lrsearch.training.prepared import prepare, prepare_rank, ranks_per_trial
 
     spec = resolve_spec(spec, overrides)
@@ -66,12 +67,27 @@ def set_up_study(spec: StudySpec | str | Path | dict[str, Any], overrides: Overr
     check_storage_url(url)
     prepared = prepare_rank(spec, launch["local_rank"]) if launch else prepare(spec)
     nproc = ranks_per_trial(spec, prepared.device, launch)
+    name = study_name or spec.name
+    warm = None
+    if spec.search.warm_start and not _exists(name, url):  # resolved once, by the tune that creates the study
+        warm = resolve_warm_start(spec, url)
     opened = open_storage(url)
-    study = create_study(spec, opened, study_name or spec.name, queue=queue)
+    study = create_study(spec, opened, name, queue=queue, warm_start=warm)
     setup = StudySetup(spec, url, opened, study, prepared, nproc)
     if setup.finished:
         drop_waiting(study, opened)  # e.g. a retry queued while other processes completed the budget
     return setup
+
+
+def _exists(name: str, url: str) -> bool:
+    import optuna
+
+    from lrsearch.errors import StudyNotFoundError
+
+    try:
+        return name in optuna.get_all_study_names(open_storage(url, create=False))
+    except StudyNotFoundError:
+        return False
 
 
 def run_tune(

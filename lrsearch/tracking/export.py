@@ -17,7 +17,12 @@ FORMATS = ("json", "yaml", "python")
 
 
 def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """The export of one trial: what goes into the torch constructor, the schedule, and where it came from."""
+    """The export of one trial: what goes into the torch constructor, the schedule, what it scored and where it came
+    from. The objective is its configuration's: the mean over every seed it trained with (``objective.seeds``: each
+    seed's value and trial), where the study confirmed it on new seeds, else the trial's value."""
+    from lrsearch.study.confirmation import CONFIRMS_ATTR
+    from lrsearch.study.results import answers
+
     config = trial.user_attrs.get("config")
     if config is None:
         raise UsageError(f"trial {trial.number} of study {study.study_name!r} has no recorded configuration")
@@ -25,11 +30,19 @@ def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[s
     if "betas" in kwargs:
         kwargs["betas"] = list(kwargs["betas"])
     spec = study.user_attrs.get("spec", {})
-    value = finite(trial.value)
+    answer = answers(study).get(trial.user_attrs.get(CONFIRMS_ATTR, trial.number))
+    if answer is not None:
+        value, spread = finite(answer.value), finite(answer.spread)
+        seeds = [{"seed": s, "value": finite(v), "trial": n}
+                 for s, v, n in zip(answer.seeds, answer.values, answer.trials, strict=True)]
+    else:
+        value, spread = finite(trial.value), None
+        seeds = [{"seed": trial.user_attrs.get("training", {}).get("seed"), "value": value, "trial": trial.number}]
     return {
         "optimizer": config["optimizer"],
         "torch_class": f"torch.optim.{torch_class}",
         "kwargs": kwargs,
+        "params": config["params"],
         "implementation": trial.user_attrs.get("optimizer_impl"),
         "schedule": config["schedule"],
         "precision": trial.user_attrs.get("training", {}).get("precision", "fp32"),
@@ -38,6 +51,8 @@ def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[s
             "metric": spec.get("objective", {}).get("metric", "val_loss"),
             "direction": study.direction.name.lower(),
             "value": value,
+            "spread": spread,
+            "seeds": seeds,
             "at": spec.get("objective", {}).get("at", "last"),
             "epoch": trial.user_attrs.get("objective_epoch"),
         },

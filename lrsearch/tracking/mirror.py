@@ -38,6 +38,7 @@ from lrsearch.tracking.runs import (
     TRIAL_ROLE,
     final_metrics,
     point_time,
+    role_tags,
     trial_params,
     trial_result_tags,
 )
@@ -126,7 +127,8 @@ def _reconcile_trial(recorder: Recorder, study: optuna.Study, trial: optuna.tria
     if run is None:
         run = _create_trial_run(recorder, trial)
     config = trial.user_attrs.get("config")
-    tags = {**recorder.trial_tags(trial.number, config["optimizer"] if config else ""), **trial_result_tags(trial)}
+    tags = {**recorder.trial_tags(trial.number, config["optimizer"] if config else ""), **role_tags(trial.user_attrs),
+            **trial_result_tags(trial)}
     if trial.state.name == "FAIL" and "fail_reason" not in tags and "fail_reason" not in run.data.tags:
         tags["fail_reason"] = PROCESS_STOPPED  # failed as stale: its process never said why
     params = trial_params(config, trial.user_attrs.get("training", {})) if config else {}

@@ -95,8 +95,9 @@ class TrackingProcess:
             if os.environ.get("LRSEARCH_DEBUG") == "1":
                 print(f"MLflow was not brought level with study {study_name}: {first_line(exc)}", file=sys.stderr)
 
-    def on_trial_started(self, number: int, config: dict[str, Any], training: dict[str, Any]) -> None:
-        self.conn.send(("run", number, self.recorder.trial_started(number, config, training)))
+    def on_trial_started(self, number: int, config: dict[str, Any], training: dict[str, Any],
+                         roles: dict[str, str]) -> None:
+        self.conn.send(("run", number, self.recorder.trial_started(number, config, training, roles)))
 
     def on_epoch(self, number: int, epoch: int, values: dict[str, float], timestamp: int) -> None:
         self.recorder.epoch(number, epoch, values, timestamp)

@@ -162,10 +162,11 @@ class Recorder:
         return {"mlflow.parentRunId": self.parent_run_id, "optuna.trial_number": str(number),
                 "optuna.study_name": self.study_name, "lrsearch.role": TRIAL_ROLE, "optimizer": optimizer}
 
-    def trial_started(self, number: int, config: dict[str, Any], training: dict[str, Any]) -> str:
+    def trial_started(self, number: int, config: dict[str, Any], training: dict[str, Any],
+                      roles: dict[str, str] | None = None) -> str:
         from mlflow.entities import Param
 
-        tags = {**self.trial_tags(number, config["optimizer"]), "state": "RUNNING"}
+        tags = {**self.trial_tags(number, config["optimizer"]), **(roles or {}), "state": "RUNNING"}
         run = retry(lambda: self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=tags))
         run_id = run.info.run_id
         self.runs[number], self.metrics[number] = run_id, []

@@ -44,6 +44,18 @@ def result_tags(state: str, *, diverged: bool = False, implementation: str | Non
     return tags
 
 
+def role_tags(user_attrs: dict[str, Any]) -> dict[str, str]:
+    """Tags that say why a trial ran, from its user attributes: ``lrsearch.confirms`` (the trial whose
+    configuration a confirmation trains again, on the seed in its params) or ``lrsearch.portfolio`` (a textbook or
+    warm-start configuration run first)."""
+    tags = {}
+    if "confirms" in user_attrs:
+        tags["lrsearch.confirms"] = str(user_attrs["confirms"])
+    if "portfolio" in user_attrs:
+        tags["lrsearch.portfolio"] = str(user_attrs["portfolio"])
+    return tags
+
+
 def trial_result_tags(trial: optuna.trial.FrozenTrial) -> dict[str, str]:
     """:func:`result_tags` of a finished trial, from its user attributes and reports."""
     steps = list(trial.intermediate_values)

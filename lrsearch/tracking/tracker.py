@@ -24,7 +24,7 @@ from lrsearch.errors import LrsearchError, TrackingError
 from lrsearch.study.observers import warn
 from lrsearch.study.storage import mask_password
 from lrsearch.study.trials import fail_reason
-from lrsearch.tracking.runs import PARENT_ATTR, RUN_ATTR, point_time, result_tags
+from lrsearch.tracking.runs import PARENT_ATTR, RUN_ATTR, point_time, result_tags, role_tags
 
 if TYPE_CHECKING:
     import optuna
@@ -90,7 +90,8 @@ class MlflowTracker:
             study.set_user_attr(PARENT_ATTR, reply[1])
 
     def trial_started(self, trial: optuna.Trial, config: dict[str, Any]) -> None:
-        self._send("trial_started", trial.number, config, trial.user_attrs.get("training", {}))
+        attrs = trial.user_attrs
+        self._send("trial_started", trial.number, config, attrs.get("training", {}), role_tags(attrs))
 
     def epoch_ended(self, trial: optuna.Trial, epoch: EpochMetrics) -> None:
         values = {**epoch.metrics, "lr": epoch.lr, "epoch_seconds": epoch.epoch_seconds,

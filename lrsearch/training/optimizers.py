@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.config.search_space import DEFAULT_WARMUP_FRACTION, PRESETS, SCHEDULES, torch_kwargs
-from lrsearch.errors import UsageError
+from lrsearch.errors import UsageError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -29,11 +29,16 @@ def read_config(config: dict[str, Any] | str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise UsageError(f"cannot read optimizer config {str(path)!r}: {exc.strerror}") from None
-    if path.suffix == ".json":
-        return json.loads(text)
     import yaml
 
-    return yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise UsageError(f"optimizer config {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}"
+                         f" ({first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"optimizer config {str(path)!r} is not a mapping (got {type(data).__name__})")
+    return data
 
 
 def constructor(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
