@@ -41,8 +41,8 @@ def trials_table(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | N
 def trial_role(trial: optuna.trial.FrozenTrial) -> str:
     """Why a trial ran, where it is not a searched one: a textbook or warm-start configuration, or a confirmation
     of another trial's configuration on a new seed; and why one never trained."""
-    from lrsearch.study.budget import NEVER_TRAINED
     from lrsearch.study.confirmation import CONFIRMS_ATTR, SEED_ATTR
+    from lrsearch.study.states import NEVER_TRAINED
 
     attrs = trial.user_attrs
     if attrs.get("fail_reason") in NEVER_TRAINED:

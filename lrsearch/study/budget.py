@@ -13,18 +13,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.study.heartbeat import fail_stale_trials
+from lrsearch.study.states import BUDGET_TAKEN, NOT_NEEDED
 
 if TYPE_CHECKING:
     import optuna
 
     from lrsearch.config.spec import Budget
 
-BUDGET_TAKEN = "budget already taken by other workers"
-"""The ``fail_reason`` of a trial asked for after other workers had taken the last slots of the budget."""
-NOT_NEEDED = "not run: the study's budget was complete"
-"""The ``fail_reason`` of a queued trial (a retry, a textbook configuration) left when the budget was complete."""
-NEVER_TRAINED = (BUDGET_TAKEN, NOT_NEEDED)
-"""The ``fail_reason`` of trials that never trained: they have no MLflow run and count as nothing run."""
 POLL_SECONDS = 1.0
 """How often a process whose budget is all running elsewhere looks again."""
 

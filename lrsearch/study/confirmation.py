@@ -51,7 +51,7 @@ def searched_room(study: optuna.Study, spec: StudySpec) -> int | None:
     nothing). The study loop asks no more at once, so a stack of trials never eats the confirmations' share."""
     import optuna
 
-    from lrsearch.study.budget import NEVER_TRAINED
+    from lrsearch.study.states import NEVER_TRAINED
 
     plan = spec.confirmation
     if plan is None:
@@ -73,7 +73,7 @@ def queue_confirmations(study: optuna.Study, spec: StudySpec) -> int:
     """
     import optuna
 
-    from lrsearch.study.budget import NEVER_TRAINED
+    from lrsearch.study.states import NEVER_TRAINED
 
     plan = spec.confirmation
     if plan is None:

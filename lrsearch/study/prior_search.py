@@ -60,7 +60,7 @@ def enqueue_portfolio(study: optuna.Study, spec: StudySpec) -> None:
     the budget (``n_trials``) has room for them: run again, it queues nothing new; a study whose budget was raised
     gets the rest. A trial that was queued but never trained (the budget was complete first) does not count as run.
     """
-    from lrsearch.study.budget import NEVER_TRAINED
+    from lrsearch.study.states import NEVER_TRAINED
 
     trials = study.get_trials(deepcopy=False)
     held = {t.user_attrs.get(PORTFOLIO_ATTR) for t in trials if t.user_attrs.get("fail_reason") not in NEVER_TRAINED}

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import LrsearchError, TrackingError, UsageError, first_line
-from lrsearch.study.budget import NEVER_TRAINED
 from lrsearch.study.heartbeat import fail_stale_trials
+from lrsearch.study.states import NEVER_TRAINED
 from lrsearch.tracking.recorder import N_TRIALS_TAG, Recorder, log_in_batches, retry
 from lrsearch.tracking.runs import (
     PARENT_ATTR,
