@@ -45,7 +45,7 @@ CASES = [
     ("invalid yaml", "name: x\ntask: digits-mlp\nbudget: {n_trials: 3\n", ["tune"], "invalid YAML: line 4"),
     ("unknown key", study(colour="blue"), ["tune"], "colour: unknown key (allowed: name, task,"),
     ("wrong type", study(budget={"epochs": "ten"}), ["tune"], "budget.epochs: input should be a valid integer"),
-    ("unknown optimizer", study(search={"optimizers": ["lion"]}), ["tune"], "'lion' is not allowed (allowed: 'sgd'"),
+    ("unknown optimizer", study(search={"optimizers": ["lamb"]}), ["tune"], "'lamb' is not allowed (allowed: 'sgd'"),
     ("unknown sampler", study(sampler={"name": "anneal"}), ["tune"], "sampler.name: 'anneal' is not allowed"),
     ("unknown pruner", study(pruner={"name": "early"}), ["tune"], "pruner.name: 'early' is not allowed"),
     ("unknown schedule", study(**search(schedules=["step"])), ["tune"], "search.schedules.0: 'step' is not allowed"),

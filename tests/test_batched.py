@@ -251,7 +251,7 @@ def test_stacked_trials_keep_the_budget_and_are_recorded_as_sequential_ones(tmp_
         assert attrs["optimizer_impl"].startswith("vmap+") is not alone
         assert attrs["diverged"] is (trial.state == State.PRUNED)
         assert attrs["training"] == {"batch_size": 64, "epochs": 2, "world_size": 1, "seed": 0, "device": "cpu",
-                                     "threads": 1, "precision": "fp32", "data": "tensors"}
+                                     "threads": 1, "precision": "fp32", "data": "tensors", "steps_per_epoch": 23}
         sequential = train_trial(prepared.task, prepared.data, attrs["config"], TrialSettings(2, 64, 0))
         if trial.state == State.COMPLETE:
             assert trial.value == pytest.approx(sequential.final["val_loss"], rel=TOLERANCE)

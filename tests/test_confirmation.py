@@ -50,7 +50,11 @@ def test_the_answer_is_the_best_mean_of_the_confirmed_configurations() -> None:
 
 
 def test_a_default_study_confirms_its_best_on_new_seeds_within_its_budget(tmp_path) -> None:
-    path = write_study(tmp_path, tiny_study(budget={"n_trials": 10, "epochs": 2}, **DEFAULT))
+    assert spec_from_dict(tiny_study(budget={"n_trials": 20}, **DEFAULT)).confirmation.model_dump() == \
+        {"configs": 2, "seeds": 1}  # what confirm: auto does from 20 trials on
+    assert spec_from_dict(tiny_study(budget={"n_trials": 19}, **DEFAULT)).confirmation is None
+    confirm = {"confirm": {"configs": 2, "seeds": 1}}
+    path = write_study(tmp_path, tiny_study(budget={"n_trials": 10, "epochs": 2}, search=confirm, **DEFAULT))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = CliRunner().invoke(cli, ["tune", str(path), "--no-progress", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
@@ -67,7 +71,7 @@ def test_a_default_study_confirms_its_best_on_new_seeds_within_its_budget(tmp_pa
         assert trial.user_attrs["config"] == trials[trial.user_attrs["confirms"]].user_attrs["config"]
 
     # The confirmation trained exactly what a retrain of the configuration on that seed gives.
-    spec = spec_from_dict(tiny_study(budget={"n_trials": 10, "epochs": 2}, **DEFAULT))
+    spec = spec_from_dict(tiny_study(budget={"n_trials": 10, "epochs": 2}, search=confirm, **DEFAULT))
     prepared = prepare(spec)
     retrained = train_trial(prepared.task, prepared.data, confirming[0].user_attrs["config"],
                             TrialSettings(2, 64, 1000))

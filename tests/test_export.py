@@ -44,7 +44,7 @@ def test_json_and_yaml_have_the_documented_shape(study) -> None:
     assert as_json["source"]["trial"] == best.number and as_json["objective"]["value"] == best.value
     assert {k: v for k, v in as_json["training"].items() if k != "threads"} == {
         "batch_size": 64, "epochs": 2, "world_size": 1, "seed": 0, "device": "cpu", "precision": "fp32",
-        "data": "tensors"}
+        "data": "tensors", "steps_per_epoch": 23}  # 1437 training digits in batches of 64
     assert as_json["precision"] == "fp32"
     kwargs = as_json["kwargs"]
     params = best.user_attrs["config"]["params"]
@@ -93,7 +93,7 @@ def test_python_snippet_runs_and_builds_the_same_optimizer(study) -> None:
     optimizer = namespace["optimizer"]
     assert f"torch.optim.{type(optimizer).__name__}" == config["torch_class"]
     assert optimizer.defaults["lr"] == config["kwargs"]["lr"]
-    assert namespace["scheduler"] is not None
+    assert len(namespace["schedulers"]) == 1 and namespace["steps_per_epoch"] == 23
 
 
 def test_export_a_chosen_trial_and_bad_requests(study) -> None:

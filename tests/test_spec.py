@@ -21,7 +21,7 @@ def test_a_bad_study_reports_all_its_problems_at_once() -> None:
     bad = tiny_study(
         task="mnist",
         budget={"n_trials": 0, "epochs": -1},
-        search={"optimizers": ["adam", "lion"], "adam": {"lr": {"low": -1.0, "high": 1.0}, "beta2": 1.5}},
+        search={"optimizers": ["adam", "lamb"], "adam": {"lr": {"low": -1.0, "high": 1.0}, "beta2": 1.5}},
         sampler={"name": "annealing"},
         colour="blue",
     )
@@ -32,7 +32,7 @@ def test_a_bad_study_reports_all_its_problems_at_once() -> None:
         "task: unknown task 'mnist'",
         "budget.n_trials:",
         "budget.epochs:",
-        "search.optimizers.1: 'lion' is not allowed",
+        "search.optimizers.1: 'lamb' is not allowed",
         "search.adam.lr: low must be > 0 (got -1.0)",
         "search.adam.beta2: must be in (0, 1) (got 1.5)",
         "sampler.name: 'annealing' is not allowed",

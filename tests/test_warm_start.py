@@ -87,7 +87,7 @@ def test_a_bad_warm_start_is_one_line_exit_2_and_creates_no_study(tmp_path, entr
 
 
 def test_a_warm_start_whose_optimizer_the_study_does_not_search_is_refused(tmp_path) -> None:
-    (tmp_path / "lion.json").write_text(json.dumps({"optimizer": "sgd", "kwargs": {"lr": 0.1}}))
+    (tmp_path / "sgd.json").write_text(json.dumps({"optimizer": "sgd", "kwargs": {"lr": 0.1}}))
     path = write_study(tmp_path, tiny_study(**DEFAULT))  # searches adam and momentum
-    result = CliRunner().invoke(cli, ["tune", str(path), "--no-progress", "--no-mlflow", "--warm-start", "lion.json"])
+    result = CliRunner().invoke(cli, ["tune", str(path), "--no-progress", "--no-mlflow", "--warm-start", "sgd.json"])
     assert result.exit_code == 2 and "its optimizer 'sgd' is not searched by this study" in result.stderr

@@ -20,8 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+from lrsearch.config.presets import CLASSIC, OPTIMIZERS, PRESETS, SCHEDULES, Range
 from lrsearch.config.problems import problems
-from lrsearch.config.search_space import OPTIMIZERS, PRESETS, SCHEDULES, Range, SearchSpace
+from lrsearch.config.search_space import SearchSpace
 from lrsearch.errors import SpecError
 
 SAMPLERS = ("prior", "tpe", "gp", "cmaes", "nsga2", "qmc", "random", "grid")
@@ -149,12 +150,12 @@ class Confirm(_Strict):
 
 AUTO_CONFIRM = Confirm(configs=2, seeds=1)
 """``confirm: auto`` with the default search (see README, "How the search works": chosen on the search bench)."""
-CONFIRM_MIN_TRIALS = 10
+CONFIRM_MIN_TRIALS = 20
 """``confirm: auto`` confirms only in a study of at least this many trials: a smaller one has no search to guard."""
 
 
 class Search(_Strict):
-    optimizers: list[Literal[OPTIMIZERS]] = Field(default_factory=lambda: list(OPTIMIZERS), min_length=1)  # type: ignore[valid-type]
+    optimizers: list[Literal[OPTIMIZERS]] = Field(default_factory=lambda: list(CLASSIC), min_length=1)  # type: ignore[valid-type]
     schedules: list[Literal[SCHEDULES]] = Field(default_factory=lambda: ["constant"], min_length=1)  # type: ignore[valid-type]
     param_names: Literal["auto", "per_optimizer", "shared", "relative"] = "auto"
     """How Optuna's parameters are named (``auto``: ``relative`` for the prior sampler, else ``per_optimizer``)."""
@@ -177,6 +178,22 @@ class Search(_Strict):
     nadam: dict[str, float | RangeSpec] | None = None
     radam: dict[str, float | RangeSpec] | None = None
     adagrad: dict[str, float | RangeSpec] | None = None
+    muon: dict[str, float | RangeSpec] | None = None
+    adafactor: dict[str, float | RangeSpec] | None = None
+    lion: dict[str, float | RangeSpec] | None = None
+    soap: dict[str, float | RangeSpec] | None = None
+    schedulefree_adamw: dict[str, float | RangeSpec] | None = None
+    schedulefree_sgd: dict[str, float | RangeSpec] | None = None
+    prodigy: dict[str, float | RangeSpec] | None = None
+
+    @field_validator("optimizers")
+    @classmethod
+    def _installed(cls, value: list[str]) -> list[str]:
+        """An optimizer that needs an extra or a newer torch is refused before anything starts, in one line."""
+        problems = [problem for name in value if (problem := PRESETS[name].problem())]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return value
 
     @field_validator(*OPTIMIZERS)
     @classmethod
@@ -218,7 +235,7 @@ def _check_override(optimizer: str, name: str, value: float | RangeSpec) -> list
     if name not in allowed:
         return [f"unknown hyperparameter for {optimizer} (allowed: {', '.join(allowed)})"]
     values = [value.low, value.high] if isinstance(value, RangeSpec) else [value]
-    if name in ("beta1", "beta2", "momentum", "alpha"):
+    if name in ("beta1", "beta2", "momentum", "alpha", "aux_beta1", "aux_beta2", "warmup_fraction"):
         bad = [v for v in values if not 0 < v < 1]
         return [f"must be in (0, 1) (got {bad[0]})"] if bad else []
     if name == "weight_decay":
@@ -323,6 +340,16 @@ class StudySpec(_Strict):
             return AUTO_CONFIRM if self.sampler.name == "prior" and self.budget.n_trials >= CONFIRM_MIN_TRIALS \
                 else None
         return None if confirm == "none" else confirm
+
+    @model_validator(mode="after")
+    def _stackable(self) -> StudySpec:
+        if self.train.batch_trials > 1:
+            refused = [f"search.optimizers: {name!r} cannot train stacked (train.batch_trials "
+                       f"{self.train.batch_trials}): {PRESETS[name].not_stackable_because}; search it without "
+                       "batch_trials" for name in self.search.optimizers if not PRESETS[name].stackable]
+            if refused:
+                raise ValueError("\n".join(refused))
+        return self
 
     @model_validator(mode="after")
     def _confirmation_fits(self) -> StudySpec:

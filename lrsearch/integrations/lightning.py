@@ -78,13 +78,15 @@ def trial_optimizers(ctx: TrialContext, module: pl.LightningModule) -> dict[str,
     if not any(isinstance(callback, TrialCallback) and callback.ctx is ctx for callback in trainer.callbacks):
         raise ContextError(f"{__name__}.trial_optimizers: the Trainer has no TrialCallback(ctx) for this trial, so "
                            "no epoch would be reported (pass callbacks=[TrialCallback(ctx)] to the Trainer)")
-    optimizer = ctx.build_optimizer(module.parameters())
     trainer.estimated_stepping_batches  # noqa: B018 -- loads the training data when not yet loaded
     batches = trainer.num_training_batches
     if not math.isfinite(batches):
         raise ContextError(f"{__name__}.trial_optimizers: the training data has no length, so the schedule's "
                            "steps are unknown (allowed: a sized dataset or DataLoader)")
-    scheduler = ctx.build_scheduler(optimizer, math.ceil(batches / trainer.accumulate_grad_batches))
+    steps = math.ceil(batches / trainer.accumulate_grad_batches)
+    # The module itself: Muon tells its hidden weights from the rest by name.
+    optimizer = ctx.build_optimizer(module, steps_per_epoch=steps)
+    scheduler = ctx.build_scheduler(optimizer, steps)
     if scheduler is None:
         return {"optimizer": optimizer}
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
@@ -123,9 +125,21 @@ class TrialCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._validated = False
+        self._mode(trainer, training=True)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._mode(trainer, training=False)  # Schedule-Free: validate at the averaged weights
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._validated = self._validated or not trainer.sanity_checking
+        self._mode(trainer, training=True)
+
+    @staticmethod
+    def _mode(trainer: pl.Trainer, training: bool) -> None:
+        from lrsearch.training.optimizers import set_mode
+
+        for optimizer in trainer.optimizers:
+            set_mode(optimizer, training)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

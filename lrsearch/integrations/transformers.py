@@ -79,8 +79,11 @@ def trial_optimizers(ctx: TrialContext, model: torch.nn.Module, args: transforme
     from torch.optim.lr_scheduler import ConstantLR
 
     model.to(args.device)
-    optimizer = ctx.build_optimizer(model.parameters())
-    scheduler = ctx.build_scheduler(optimizer, steps_per_epoch(args, len(train_dataset)))  # type: ignore[arg-type]
+    steps = steps_per_epoch(args, len(train_dataset))  # type: ignore[arg-type]
+    # The model itself: Muon tells its hidden weights from the rest by name. The Trainer switches a Schedule-Free
+    # optimizer to eval mode to evaluate, and back to train mode to train, by itself.
+    optimizer = ctx.build_optimizer(model, steps_per_epoch=steps)
+    scheduler = ctx.build_scheduler(optimizer, steps)
     # None would make the Trainer build its own (linear decay by default): constant must be a scheduler too.
     return optimizer, scheduler or ConstantLR(optimizer, factor=1.0, total_iters=0)
 

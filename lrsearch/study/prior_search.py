@@ -97,10 +97,12 @@ class PriorSampler(optuna.samplers.BaseSampler):
     P_SWITCH = 0.25
     """How often a mutation switches the optimizer, and the schedule."""
     PRIOR = {"lr_scale": (0.0, 1.0), "one_minus_momentum": (-1.0, 0.5), "one_minus_beta2": (-3.0, 0.5),
-             "eps": (-8.0, 1.0), "wd_scale": (0.0, 1.0)}
+             "eps": (-8.0, 1.0), "wd_scale": (0.0, 1.0), "aux_lr_scale": (0.0, 1.0),
+             "aux_one_minus_beta1": (-1.0, 0.5), "warmup": (math.log10(0.05), 0.5)}
     """Centre and spread of each continuous parameter's prior, in decades (log10) where it is log-scaled: the
     textbook lr, momentum and beta1 0.9, beta2 0.999, eps 1e-8, the centre of the decay range."""
-    STEP = {"lr_scale": 0.5, "one_minus_momentum": 0.3, "one_minus_beta2": 0.3, "eps": 0.5, "wd_scale": 0.5}
+    STEP = {"lr_scale": 0.5, "one_minus_momentum": 0.3, "one_minus_beta2": 0.3, "eps": 0.5, "wd_scale": 0.5,
+            "aux_lr_scale": 0.5, "aux_one_minus_beta1": 0.3, "warmup": 0.3}
     """Spread of a mutation, in the same units; lr always moves, the others half the time."""
 
     def __init__(self, distributions: dict[str, Any], seed: int | None = None,

@@ -115,6 +115,11 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, objective: ObjectiveS
         trial.set_user_attr("diverged", outcome.diverged)
         if outcome.skipped_steps:
             trial.set_user_attr("skipped_steps", outcome.skipped_steps)
+        if outcome.param_split:
+            trial.set_user_attr("param_split", outcome.param_split)
+        if outcome.steps_per_epoch:  # what an export needs to rebuild a warm-up share or a schedule
+            trial.set_user_attr("training", {**trial.user_attrs.get("training", {}),
+                                             "steps_per_epoch": outcome.steps_per_epoch})
         for name, value in outcome.final.items():
             trial.set_user_attr(name, value)
         if outcome.diverged:

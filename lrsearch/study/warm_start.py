@@ -62,7 +62,7 @@ def _beside(entry: str, study_file: str | None) -> str:
 
 def _read(entry: str, storage: Any, storage_url: str) -> dict[str, Any]:
     """``{"optimizer", "params", "schedule"}`` of a configuration file or of a study's answer."""
-    from lrsearch.config.search_space import PRESETS, params_from_kwargs
+    from lrsearch.config.presets import PRESETS, params_from_kwargs
 
     if Path(entry).suffix in CONFIG_SUFFIXES:
         from lrsearch.training.optimizers import read_config

@@ -131,7 +131,8 @@ def _reconcile_trial(recorder: Recorder, study: optuna.Study, trial: optuna.tria
             **trial_result_tags(trial)}
     if trial.state.name == "FAIL" and "fail_reason" not in tags and "fail_reason" not in run.data.tags:
         tags["fail_reason"] = PROCESS_STOPPED  # failed as stale: its process never said why
-    params = trial_params(config, trial.user_attrs.get("training", {})) if config else {}
+    params = trial_params(config, trial.user_attrs.get("training", {}), trial.user_attrs.get("param_split")) \
+        if config else {}
     history = _missing_metrics(recorder, study, trial, run)
     missing_tags = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
     missing_params = {k: v for k, v in params.items() if k not in run.data.params}

@@ -106,8 +106,8 @@ class TrackingProcess:
             self.last_flush = time.monotonic()
 
     def on_trial_ended(self, number: int, state: str, tags: dict[str, str], value: float | None,
-                       minimize: bool) -> None:
-        self.recorder.trial_ended(number, state, tags)
+                       minimize: bool, params: dict[str, str]) -> None:
+        self.recorder.trial_ended(number, state, tags, params)
         if state != "COMPLETE" or value is None or not math.isfinite(value):
             return
         if self.best is None or (value < self.best if minimize else value > self.best):

@@ -186,13 +186,15 @@ class Recorder:
                 log_in_batches(self.client, self.runs[number], metrics)
             metrics.clear()
 
-    def trial_ended(self, number: int, state: str, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
+    def trial_ended(self, number: int, state: str, tags: dict[str, str], params: dict[str, str] | None = None) -> None:
+        from mlflow.entities import Param, RunTag
 
         run_id = self.runs.pop(number)
         metrics = self.metrics.pop(number, [])
-        # The trial's last metrics and its result tags go in one write, the status last.
-        log_in_batches(self.client, run_id, metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        # The trial's last metrics, the params it learned while training and its result tags go in one write, the
+        # status last.
+        log_in_batches(self.client, run_id, metrics, [Param(k, v) for k, v in (params or {}).items()],
+                       [RunTag(k, v) for k, v in tags.items()])
         retry(lambda: self.client.set_terminated(run_id, status=STATUS[state]))
 
     def close_open_runs(self, status: str, reason: str = PROCESS_STOPPED) -> None:

@@ -22,7 +22,7 @@ TRIAL_ROLE, STUDY_ROLE = "trial", "study"
 PROCESS_STOPPED = "the tune process stopped"
 """The ``fail_reason`` of a trial whose process died without recording why."""
 _REASON_LIMIT = 4000
-_NOT_METRICS = ("diverged", "skipped_steps", "objective_epoch")
+_NOT_METRICS = ("diverged", "skipped_steps", "objective_epoch", "confirms", "seed")
 """Numeric-looking user attributes of a trial that are not its final metrics."""
 
 
@@ -66,12 +66,23 @@ def trial_result_tags(trial: optuna.trial.FrozenTrial) -> dict[str, str]:
                        fail_reason=trial.user_attrs.get("fail_reason"))
 
 
-def trial_params(config: dict[str, Any], training: dict[str, Any]) -> dict[str, str]:
+def trial_params(config: dict[str, Any], training: dict[str, Any],
+                 param_split: dict[str, list[str]] | None = None) -> dict[str, str]:
     """A trial's run params: its optimizer and hyperparameters in plain names, its schedule, its training
-    settings; as MLflow keeps them (text)."""
+    settings, and which parameters each part of a pair of optimizers updated (``param_split.muon``,
+    ``param_split.adamw``); as MLflow keeps them (text)."""
     schedule = {("schedule" if k == "name" else f"schedule.{k}"): v for k, v in config["schedule"].items()}
-    params = {"optimizer": config["optimizer"], **config["params"], **schedule, **training}
+    split = {f"param_split.{part}": names for part, names in (param_split or {}).items()}
+    params = {"optimizer": config["optimizer"], **config["params"], **schedule, **training, **split}
     return {k: param_text(v) for k, v in params.items()}
+
+
+def end_params(outcome: Any) -> dict[str, str]:
+    """The run params a trial learns only as it trains: its parameter split and its steps per epoch."""
+    extra: dict[str, Any] = {f"param_split.{part}": names for part, names in (outcome.param_split or {}).items()}
+    if outcome.steps_per_epoch:
+        extra["steps_per_epoch"] = outcome.steps_per_epoch
+    return {k: param_text(v) for k, v in extra.items()}
 
 
 def final_metrics(trial: optuna.trial.FrozenTrial) -> dict[str, float]:

@@ -24,7 +24,7 @@ from lrsearch.errors import LrsearchError, TrackingError
 from lrsearch.study.observers import warn
 from lrsearch.study.storage import mask_password
 from lrsearch.study.trials import fail_reason
-from lrsearch.tracking.runs import PARENT_ATTR, RUN_ATTR, point_time, result_tags, role_tags
+from lrsearch.tracking.runs import PARENT_ATTR, RUN_ATTR, end_params, point_time, result_tags, role_tags
 
 if TYPE_CHECKING:
     import optuna
@@ -121,7 +121,8 @@ class MlflowTracker:
         peak = trial.user_attrs.get("peak_memory_mb")  # finish_trial records it before Optuna is told
         if peak is not None:
             self._send("epoch", trial.number, 0, {"peak_memory_mb": peak}, point_time(trial))
-        self._send("trial_ended", trial.number, state, tags, value, minimize)
+        self._send("trial_ended", trial.number, state, tags, value, minimize,
+                   end_params(outcome) if outcome is not None else {})
 
     def study_finished(self, study: optuna.Study, spec: StudySpec) -> None:
         """The study was finished before this ``tune`` started: bring MLflow level with it, as ``lrsearch sync``

@@ -124,6 +124,7 @@ def prepare_stack(task: Task, data: TaskData, configs: Sequence[dict[str, Any]],
     """One seeded model copied to every member, members sorted into one block of rows per optimizer."""
     import torch
 
+    from lrsearch.config.presets import PRESETS
     from lrsearch.training.batched_updates import choose_update, hyperparameters, lr_sequences, make_updates
     from lrsearch.training.optimizers import constructor, create_optimizer
 
@@ -135,16 +136,20 @@ def prepare_stack(task: Task, data: TaskData, configs: Sequence[dict[str, Any]],
         raise BatchingError("the task's model must have trainable parameters, all of one dtype and device, to be "
                             "trained stacked (--batch-trials)")
     members = []
+    steps_per_epoch = math.ceil(data.n_train / settings.batch_size)
     for index, (config, hook) in enumerate(zip(configs, hooks, strict=True)):
-        torch_class, kwargs = constructor(config)
+        if not PRESETS[config["optimizer"]].stackable:  # the study file refuses it first; here for direct calls
+            raise BatchingError(f"{config['optimizer']} cannot train stacked: "
+                                f"{PRESETS[config['optimizer']].not_stackable_because}")
+        made = constructor(config, steps_per_epoch * settings.epochs)
+        torch_class, kwargs = made.torch_class, made.kwargs
         implementation = create_optimizer(torch_class, kwargs, [p for _, p in trainable])[1]
         chosen = choose_update(torch_class, kwargs, implementation)
         if update != "auto" and chosen != "torch":
             chosen = update
         members.append(Member(index, torch_class, kwargs, chosen, config.get("schedule") or {"name": "constant"},
                               float(hyperparameters(torch_class, kwargs)["lr"]),
-                              TrialMonitor(TrialOutcome(IMPLEMENTATION), hook)))
-    steps_per_epoch = math.ceil(data.n_train / settings.batch_size)
+                              TrialMonitor(TrialOutcome(IMPLEMENTATION, steps_per_epoch=steps_per_epoch), hook)))
     sequences = lr_sequences([(m.schedule, m.lr) for m in members], steps_per_epoch * settings.epochs)
     for member, lrs in zip(members, sequences, strict=True):
         member.lrs = lrs
@@ -224,6 +229,11 @@ class Stack:
         torch.cat([g.reshape(len(self.members), -1) for g in grads], dim=1, out=self.grad)
         return losses
 
+    def set_mode(self, training: bool) -> None:
+        """Train or eval mode for the members whose optimizers have modes (Schedule-Free)."""
+        for update in self.updates:
+            update.set_mode(training)
+
     def step(self, x: Tensor, y: Tensor, lrs: list[float]) -> Tensor:
         """One optimizer step of every member on this batch (``lrs``: each member's lr, in row order)."""
         losses = self.gradients(x, y)
@@ -271,7 +281,9 @@ def _train(stack: Stack, task: Task, data: TaskData, settings: TrialSettings) ->
                     return
             step += 1
         train_seconds = time.perf_counter() - started
+        stack.set_mode(training=False)  # Schedule-Free members evaluate at their averaged weights
         metrics = _evaluate(stack, task, data, settings, loss_sum.tolist(), n_train)
+        stack.set_mode(training=True)
         seconds = time.perf_counter() - started
         stopped = []
         for member, values in sorted(zip(stack.members, metrics, strict=True), key=lambda mv: mv[0].index):

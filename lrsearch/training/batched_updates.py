@@ -34,9 +34,10 @@ _REQUIRED_PER_CLASS = {"RMSprop": {"momentum": 0}, "NAdam": {"decoupled_weight_d
 
 def hyperparameters(torch_class: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Every constructor argument of ``torch.optim.<torch_class>``: torch's defaults updated with ``kwargs``."""
-    import torch
 
-    signature = inspect.signature(getattr(torch.optim, torch_class))
+    from lrsearch.training.optimizers import optimizer_class
+
+    signature = inspect.signature(optimizer_class(torch_class))
     out = {name: p.default for name, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
     out.update(kwargs)
     if "betas" in out:
@@ -73,6 +74,9 @@ class MemberUpdates:
 
     def bind(self, params: Tensor) -> None:
         self.params = params
+
+    def set_mode(self, training: bool) -> None:
+        """Train or eval mode (only a torch optimizer per member can have modes: Schedule-Free's)."""
 
     def select(self, keep: list[int]) -> None:
         """Keep only these members (indices into the block), in this order."""
@@ -262,7 +266,7 @@ class TorchUpdates(MemberUpdates):
         self.optimizers: list[Any] = []
 
     def bind(self, params: Tensor) -> None:
-        from lrsearch.training.optimizers import create_optimizer
+        from lrsearch.training.optimizers import create_optimizer, set_mode
 
         super().bind(params)
         for row in range(len(self.hp)):
@@ -274,8 +278,15 @@ class TorchUpdates(MemberUpdates):
                 self.optimizers[row].state[p] = self.optimizers[row].state.pop(old, {})
             else:
                 optimizer, implementation = create_optimizer(self.torch_class, self.kwargs[row], [p])
+                set_mode(optimizer, training=True)  # Schedule-Free steps only in train mode
                 self.implementation = f"torch-{implementation}"
                 self.optimizers.append(optimizer)
+
+    def set_mode(self, training: bool) -> None:
+        from lrsearch.training.optimizers import set_mode
+
+        for optimizer in self.optimizers:
+            set_mode(optimizer, training)
 
     def select(self, keep: list[int]) -> None:
         super().select(keep)

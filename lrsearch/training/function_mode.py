@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,7 @@ class TrialContext:
         self._monitor = TrialMonitor(FunctionOutcome("user"), on_epoch, objective=metric,
                                      minimize=direction == "minimize")
         self._optimizer: torch.optim.Optimizer | None = None
+        self._told_modes = False
         self._steps = 0
         self._last_time = time.perf_counter()
 
@@ -95,17 +97,70 @@ class TrialContext:
                            "from the process lrsearch runs it in (keep ctx out of what is sent to other processes "
                            "or saved, e.g. by Lightning's ddp_spawn or save_hyperparameters(ignore=['ctx']))")
 
-    def build_optimizer(self, parameters: Any) -> torch.optim.Optimizer:
-        """The sampled optimizer over ``parameters`` (tensors or param groups), fastest implementation first.
+    def build_optimizer(self, parameters: Any, *, steps_per_epoch: int | None = None,
+                        hidden_weights: Any = None) -> torch.optim.Optimizer:
+        """The sampled optimizer over ``parameters``, fastest implementation first.
+
+        Args:
+            parameters: The model, ``model.named_parameters()``, or tensors / param groups. Muon needs the model
+                or its named parameters: it updates the hidden 2-D weights (``hidden_weights``: their names, or a
+                function of the model; else lrsearch's split rule) and AdamW the rest, as one optimizer.
+            steps_per_epoch: Optimizer steps in one epoch; needed by Schedule-Free, whose warm-up is a share of
+                the training's steps.
+
+        A Schedule-Free optimizer comes back in train mode and must be in eval mode while you evaluate:
+        ``optimizer.eval()`` before, ``optimizer.train()`` after (or ``with ctx.evaluating(model, optimizer):``).
 
         Example:
-            >>> optimizer = ctx.build_optimizer(model.parameters())  # ctx.implementation: "fused" on CPU for Adam
+            >>> optimizer = ctx.build_optimizer(model)  # doctest: +SKIP
+            >>> ctx.implementation  # doctest: +SKIP
+            'fused'
         """
-        from lrsearch.training.optimizers import constructor, create_optimizer
+        from lrsearch.config.presets import PRESETS
+        from lrsearch.errors import UsageError
+        from lrsearch.training.optimizers import build
 
-        torch_class, kwargs = constructor(self.config)
-        self._optimizer, self.implementation = create_optimizer(torch_class, kwargs, parameters)
+        total = steps_per_epoch * self.epochs if steps_per_epoch else None
+        try:
+            built = build(self.config, parameters, total, hidden_weights)
+        except UsageError as exc:
+            raise ContextError(f"ctx.build_optimizer in task.function {self._target!r}: {exc}"
+                               + (" (ctx.build_optimizer(model, steps_per_epoch=len(loader)))"
+                                  if "warm-up" in str(exc) else "")) from None
+        self._optimizer, self.implementation = built.optimizer, built.implementation
+        outcome = self._monitor.outcome
+        outcome.param_split, outcome.steps_per_epoch = built.param_split, steps_per_epoch or outcome.steps_per_epoch
+        if PRESETS[self.config["optimizer"]].modes and not self._told_modes:
+            self._told_modes = True
+            print(f"lrsearch: trial {self.trial_number}: {self.config['optimizer']} evaluates at its averaged weights:"
+                  " call optimizer.eval() before evaluating and optimizer.train() after (or use `with "
+                  "ctx.evaluating(model, optimizer):`)", file=sys.stderr)
         return self._optimizer
+
+    @contextlib.contextmanager
+    def evaluating(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> Iterator[None]:
+        """Evaluate as lrsearch's own loop does: the model in eval mode and the optimizer at the weights it
+        evaluates (Schedule-Free's average), both back to training afterwards, gradients off.
+
+        Example:
+            >>> with ctx.evaluating(model, optimizer):  # doctest: +SKIP
+            ...     val_loss = loss_fn(model(x_val), y_val).item()
+        """
+        import torch
+
+        from lrsearch.training.optimizers import set_mode
+
+        optimizer = optimizer if optimizer is not None else self._optimizer
+        model.eval()
+        if optimizer is not None:
+            set_mode(optimizer, training=False)
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            if optimizer is not None:
+                set_mode(optimizer, training=True)
+            model.train()
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer,
                         steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
@@ -120,6 +175,7 @@ class TrialContext:
         if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
             raise ContextError(f"ctx.build_scheduler: steps_per_epoch {steps_per_epoch!r} must be a positive "
                                "integer (optimizer steps in one epoch)")
+        self._monitor.outcome.steps_per_epoch = steps_per_epoch
         return make_scheduler(self.config["schedule"], optimizer, steps_per_epoch * self.epochs)
 
     def report(self, epoch: int, *, samples: int | None = None, lr: float | None = None, **metrics: Any) -> None:

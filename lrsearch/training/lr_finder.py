@@ -88,7 +88,10 @@ def lr_find(
     Every optimizer starts from the same weights (``torch.manual_seed(train.seed)`` before ``task.model()``) and
     sees the same batches (``train.batch_size``, reshuffled with a fixed seed each pass over the data), so the
     curves are comparable. Non-lr hyperparameters are the study's fixed values where it fixes them and the preset
-    defaults (torch's) otherwise. The global torch RNG is left as it was.
+    defaults (the textbook's) otherwise. A pair of optimizers (Muon and AdamW) sweeps both lrs together, in their
+    textbook ratio; a Schedule-Free optimizer runs in train mode, without its warm-up. A learning-rate-free
+    optimizer (Prodigy) has no lr to test: the study's are skipped, and asking for one is refused. The global torch
+    RNG is left as it was.
 
     Args:
         prepared_or_spec: A :class:`~lrsearch.training.prepared.Prepared` (data already loaded, reused as is), or a
@@ -116,7 +119,7 @@ def lr_find(
     import torch
 
     from lrsearch.config.overrides import resolve_spec
-    from lrsearch.config.search_space import PRESETS
+    from lrsearch.config.presets import PRESETS
     from lrsearch.training.prepared import Prepared, prepare
 
     problems = [f"need 0 < start < end (got start={start}, end={end})"] if not 0 < start < end < math.inf else []
@@ -130,10 +133,17 @@ def lr_find(
     if prepared.task is None:
         raise UsageError(f"lr-find trains a Task, and task.function {spec.task.function!r} is a training function "
                          "(allowed: a built-in task or task.entrypoint)")
-    names = list(optimizers) if optimizers else list(spec.search.optimizers)
+    names = list(optimizers) if optimizers else [n for n in spec.search.optimizers if PRESETS[n].step_size == "lr"]
     unknown = [name for name in names if name not in PRESETS]
     if unknown:
         raise UsageError(f"optimizer {unknown[0]!r} is not known (allowed: {', '.join(PRESETS)})")
+    lr_free = [name for name in names if PRESETS[name].step_size != "lr"]
+    if lr_free:
+        raise UsageError(f"optimizer {lr_free[0]!r} sets its own step size (lr stays 1; its "
+                         f"{PRESETS[lr_free[0]].step_size} is searched instead): it has no lr to range-test")
+    problems = [problem for name in names if (problem := PRESETS[name].problem())]
+    if problems:
+        raise UsageError(problems[0])
     space = spec.search.space()
     device = prepared.data.device
     results: dict[str, LRFindResult] = {}
@@ -147,7 +157,7 @@ def lr_find(
 
 def fixed_params(space: SearchSpace, optimizer: str) -> dict[str, float]:
     """Non-lr hyperparameters: the study's fixed value, else the preset default (torch's), never a sampled one."""
-    from lrsearch.config.search_space import PRESETS, Range
+    from lrsearch.config.presets import PRESETS, Range
 
     defaults = PRESETS[optimizer].defaults
     params: dict[str, float] = {}
@@ -167,15 +177,21 @@ def _range_test(
 ) -> LRFindResult:
     import torch
 
-    from lrsearch.training.optimizers import constructor, create_optimizer
+    from lrsearch.config.presets import PRESETS
+    from lrsearch.training.optimizers import build
     from lrsearch.training.precision import MixedPrecision
 
     task, data, seed = prepared.task, prepared.data, prepared.spec.train.seed
     torch.manual_seed(seed)  # the same initial weights for every optimizer, as every trial of a study gets
     model = task.model().to(data.device)
     model.train()
-    torch_class, kwargs = constructor({"optimizer": optimizer, "params": {**params, "lr": start}})
-    opt, _ = create_optimizer(torch_class, kwargs, model.parameters())
+    params = {k: v for k, v in params.items() if k != "warmup_fraction"}  # the sweep is the warm-up
+    preset = PRESETS[optimizer]
+    if preset.hidden_only:  # AdamW's lr for the rest follows Muon's, in the textbook ratio
+        params["aux_lr"] = start * preset.defaults["aux_lr"] / preset.textbook_lr
+    opt = build({"optimizer": optimizer, "params": {**params, "lr": start}}, model, hidden_weights=task.hidden_weights
+                ).optimizer
+    ratios = [group["lr"] / start for group in opt.param_groups]  # a pair's lrs keep their textbook ratio
     amp = MixedPrecision(prepared.spec.train.precision, data.device, opt)  # the precision the trials train in
     batches = data.cycled_batches(prepared.spec.train.batch_size, seed)
     ratio = math.log(end / start) / (steps - 1)
@@ -186,8 +202,8 @@ def _range_test(
     average, best = 0.0, math.inf
     for step in range(steps):
         lr = start * math.exp(ratio * step)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        for group, share in zip(opt.param_groups, ratios, strict=True):
+            group["lr"] = lr * share
         inputs, targets = next(batches)
         with amp.autocast():
             loss = task.loss(model(inputs), targets)

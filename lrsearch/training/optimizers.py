@@ -10,11 +10,12 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.config.search_space import DEFAULT_WARMUP_FRACTION, PRESETS, SCHEDULES, torch_kwargs
+from lrsearch.config.presets import DEFAULT_WARMUP_FRACTION, PRESETS, SCHEDULES, aux_kwargs, torch_kwargs
 from lrsearch.errors import UsageError, first_line
 
 if TYPE_CHECKING:
@@ -41,38 +42,103 @@ def read_config(config: dict[str, Any] | str | Path) -> dict[str, Any]:
     return data
 
 
-def constructor(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The torch class name (``"AdamW"``) and its constructor kwargs, for either form of configuration."""
+@dataclass
+class Construction:
+    """What a configuration builds: the class and kwargs of its optimizer, and for one that updates the hidden
+    weights only (Muon), AdamW's for the rest and, from an export, the recorded split of the parameters."""
+
+    optimizer: str
+    """The preset's name."""
+    torch_class: str
+    kwargs: dict[str, Any]
+    aux_class: str | None = None
+    aux_kwargs: dict[str, Any] | None = None
+    split: dict[str, list[str]] | None = None
+
+
+def constructor(config: dict[str, Any], total_steps: int | None = None) -> Construction:
+    """The class (``"AdamW"``, ``"schedulefree.AdamWScheduleFree"``) and constructor kwargs, for either form of
+    configuration; ``total_steps`` (the training's optimizer steps) turns a warm-up share into steps.
+
+    Raises:
+        UsageError: an unknown optimizer, or a warm-up share without the number of steps.
+    """
     name = config.get("optimizer")
     if name not in PRESETS:
         raise UsageError(f"optimizer {name!r} is not known (allowed: {', '.join(PRESETS)})")
+    preset = PRESETS[name]
+    aux_class = aux = None
     if "kwargs" in config:
-        torch_class = str(config.get("torch_class", PRESETS[name].torch_class)).rpartition(".")[2]
+        torch_class = str(config.get("torch_class", preset.qualified_class)).removeprefix("torch.optim.")
         kwargs = dict(config["kwargs"])
+        if "aux" in config:
+            aux_class = str(config["aux"]["torch_class"]).removeprefix("torch.optim.")
+            aux = dict(config["aux"]["kwargs"])
     else:
-        torch_class, kwargs = PRESETS[name].torch_class, torch_kwargs(name, config.get("params", {}))
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    return torch_class, kwargs
+        params = config.get("params", {})
+        try:
+            kwargs = torch_kwargs(name, params, total_steps)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        torch_class = preset.torch_class
+        if preset.hidden_only:
+            aux_class, aux = "AdamW", aux_kwargs(name, params)
+    for part in (kwargs, aux or {}):
+        if "betas" in part:
+            part["betas"] = tuple(part["betas"])
+    return Construction(name, torch_class, kwargs, aux_class, aux, config.get("param_split"))
+
+
+def optimizer_class(torch_class: str) -> type:
+    """The class a configuration names: ``"AdamW"`` is ``torch.optim.AdamW``, a dotted path is imported.
+
+    Raises:
+        UsageError: one line naming what to install (the optimizers extra, a newer torch).
+    """
+    import importlib
+
+    import torch
+
+    module_name, _, class_name = torch_class.rpartition(".")
+    if not module_name:
+        found = getattr(torch.optim, class_name, None)
+        if found is None:
+            raise UsageError(f"torch.optim.{class_name} is not in torch {torch.__version__}: "
+                             f"{_requirement(torch_class) or 'update torch'}")
+        return found
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise UsageError(_requirement(torch_class) or f"cannot import {torch_class}") from None
+
+
+def _requirement(torch_class: str) -> str | None:
+    for preset in PRESETS.values():
+        if preset.torch_class == torch_class:
+            return preset.problem()
+    return None
 
 
 def create_optimizer(
     torch_class: str, kwargs: dict[str, Any], params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
     implementation: str = "auto",
 ) -> tuple[torch.optim.Optimizer, str]:
-    """Construct ``torch.optim.<torch_class>`` with the fastest implementation torch supports here.
+    """Construct ``torch_class`` (:func:`optimizer_class`) with the fastest implementation it supports here.
 
     ``auto`` tries ``fused=True`` (one kernel per step for all parameters), then ``foreach=True`` (one kernel per
-    op over a list of tensors), then the per-tensor loop. Support is asked of torch: the constructor refuses an
-    implementation it cannot run for these parameters' device and dtype.
+    op over a list of tensors), then the per-tensor loop. Support is asked of the class: its constructor refuses an
+    implementation it cannot run for these parameters' device and dtype. A keyword the class does not name is
+    refused here (some packages' classes would silently keep a misspelled one).
 
     Returns:
         The optimizer and the implementation chosen: ``fused``, ``foreach`` or ``default``.
     """
-    import torch
-
-    cls = getattr(torch.optim, torch_class)
+    cls = optimizer_class(torch_class)
     accepted = inspect.signature(cls).parameters
+    named = {n for n, p in accepted.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    unknown = sorted(set(kwargs) - named)
+    if unknown:
+        raise UsageError(f"{torch_class} takes no argument {unknown[0]!r} (it takes: {', '.join(sorted(named))})")
     params = list(params)
     candidates = ["fused", "foreach"] if implementation == "auto" else [implementation]
     if implementation == "auto" and _large_cpu_tensors(params):
@@ -84,13 +150,67 @@ def create_optimizer(
     for impl in candidates:
         if impl == "default":
             break
-        if impl not in accepted:
+        if impl not in named:
             continue
         try:
             return cls(params, **kwargs, **{impl: True}), impl
         except (RuntimeError, ValueError, TypeError):
             continue
-    return cls(params, **kwargs), "default"
+    # The per-tensor loop, said outright: some classes (Lion's) take foreach=None to mean foreach on any device.
+    return cls(params, **kwargs, **({"foreach": False} if "foreach" in named else {})), "default"
+
+
+@dataclass
+class BuiltOptimizer:
+    optimizer: torch.optim.Optimizer
+    implementation: str
+    """``fused``, ``foreach``, ``default``; for a pair, each part's (``muon:default+adamw:fused``)."""
+    param_split: dict[str, list[str]] | None = None
+    """Which parameters each part updates, by name (Muon and AdamW)."""
+
+
+def build(config: dict[str, Any], params: Any, total_steps: int | None = None,
+          hidden_weights: Iterable[str] | Callable[[torch.nn.Module], Iterable[str]] | None = None) -> BuiltOptimizer:
+    """The optimizer a configuration describes over ``params`` (a model, its ``named_parameters()``, or tensors
+    and param groups), in train mode where it has modes.
+
+    A hidden-weights-only optimizer (Muon) gets the model's hidden 2-D weights (``hidden_weights``, else a recorded
+    split, else the split rule of :mod:`lrsearch.training.split`) and AdamW the rest, as one
+    :class:`~lrsearch.training.split.CombinedOptimizer`.
+    """
+    import torch
+
+    from lrsearch.training.split import CombinedOptimizer, split_parameters
+
+    made = constructor(config, total_steps)
+    preset = PRESETS[made.optimizer]
+    if preset.hidden_only:
+        chosen = made.split["muon"] if made.split else hidden_weights
+        split, hidden, rest = split_parameters(params, chosen, made.optimizer)
+        parts, implementations = {}, []
+        for part, (cls, kwargs, tensors) in {"muon": (made.torch_class, made.kwargs, hidden),
+                                             "adamw": (made.aux_class, made.aux_kwargs, rest)}.items():
+            if tensors:
+                parts[part], impl = create_optimizer(cls, kwargs, tensors)
+                implementations.append(f"{part}:{impl}")
+        optimizer: torch.optim.Optimizer = CombinedOptimizer(parts)
+        built = BuiltOptimizer(optimizer, "+".join(implementations), split)
+    else:
+        if isinstance(params, torch.nn.Module):
+            params = params.parameters()
+        params = [p[1] if isinstance(p, tuple) else p for p in params]  # named parameters: the tensors
+        optimizer, implementation = create_optimizer(made.torch_class, made.kwargs, params)
+        built = BuiltOptimizer(optimizer, implementation)
+    set_mode(built.optimizer, training=True)
+    return built
+
+
+def set_mode(optimizer: torch.optim.Optimizer, training: bool) -> None:
+    """Train or eval mode, for an optimizer that has modes (Schedule-Free evaluates at its averaged weights, and
+    refuses to step until told to train); a no-op for any other."""
+    switch = getattr(optimizer, "train" if training else "eval", None)
+    if callable(switch):
+        switch()
 
 
 FOREACH_CPU_MAX_MEAN_NUMEL = 32_768
@@ -116,15 +236,19 @@ def _large_cpu_tensors(params: list[Any]) -> bool:
     return sum(t.numel() for t in tensors) / len(tensors) > FOREACH_CPU_MAX_MEAN_NUMEL
 
 
-def build_optimizer(
-    config: dict[str, Any] | str | Path, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]]
-) -> torch.optim.Optimizer:
+def build_optimizer(config: dict[str, Any] | str | Path, params: Any) -> torch.optim.Optimizer:
     """Build the optimizer a configuration describes, with the fastest implementation for the parameters' device.
 
     Args:
         config: An exported configuration (dict, or path to the ``.json``/``.yaml`` that ``lrsearch export``
             wrote) or a trial's configuration.
-        params: What you would pass to the torch optimizer: ``model.parameters()`` or param groups.
+        params: What you would pass to the torch optimizer: ``model.parameters()`` or param groups. For Muon, the
+            model (or ``model.named_parameters()``): the export's recorded split of its parameters is rebuilt, and
+            Muon and AdamW come back as one optimizer to step.
+
+    A Schedule-Free optimizer comes back in train mode: call ``optimizer.eval()`` before evaluating or saving, and
+    ``optimizer.train()`` before training again. A warm-up share is turned into steps with the export's
+    ``training.steps_per_epoch`` and ``training.epochs``.
 
     Example:
         >>> import torch, lrsearch
@@ -134,8 +258,10 @@ def build_optimizer(
         >>> type(opt).__name__
         'AdamW'
     """
-    torch_class, kwargs = constructor(read_config(config))
-    return create_optimizer(torch_class, kwargs, params)[0]
+    config = read_config(config)
+    training = config.get("training", {})
+    steps = training.get("steps_per_epoch", 0) * training.get("epochs", 0) or None
+    return build(config, params, steps).optimizer
 
 
 def build_scheduler(

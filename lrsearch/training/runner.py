@@ -40,20 +40,20 @@ def train_trial(
     """
     import torch
 
-    from lrsearch.training.optimizers import constructor, create_optimizer, make_scheduler
+    from lrsearch.training.optimizers import build, make_scheduler, set_mode
     from lrsearch.training.precision import MixedPrecision
 
     device = data.device
     torch.manual_seed(settings.seed)  # every trial starts from the same weights: a fair comparison of optimizers
     model = collective.wrap(task.model().to(device))
-    torch_class, kwargs = constructor(config)
-    optimizer, implementation = create_optimizer(torch_class, kwargs, model.parameters())
-    # bf16/fp16: autocast on this device for forward and loss; fp16 also scales the loss so small gradients survive.
-    amp = MixedPrecision(settings.precision, device, optimizer)
     n_train = data.n_train
     steps_per_epoch = math.ceil(n_train / settings.batch_size)
+    built = build(config, model, steps_per_epoch * settings.epochs, task.hidden_weights)
+    optimizer = built.optimizer
+    # bf16/fp16: autocast on this device for forward and loss; fp16 also scales the loss so small gradients survive.
+    amp = MixedPrecision(settings.precision, device, optimizer)
     scheduler = make_scheduler(config["schedule"], optimizer, steps_per_epoch * settings.epochs)
-    outcome = TrialOutcome(implementation)
+    outcome = TrialOutcome(built.implementation, param_split=built.param_split, steps_per_epoch=steps_per_epoch)
     monitor = TrialMonitor(outcome, on_epoch, collective)
     step = 0
 
@@ -84,8 +84,10 @@ def train_trial(
                 return finish("diverged", epoch)
             step += 1
         train_seconds = time.perf_counter() - started
+        set_mode(optimizer, training=False)  # Schedule-Free: evaluate at its averaged weights
         metrics = {"train_loss": collective.sum(loss_sum).item() / n_train,
                    **evaluate(task, data, model, settings, collective)}
+        set_mode(optimizer, training=True)
         record = EpochMetrics(epoch=epoch, metrics=metrics, lr=optimizer.param_groups[0]["lr"],
                               epoch_seconds=time.perf_counter() - started,
                               samples_per_second=n_train / train_seconds)

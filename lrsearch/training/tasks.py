@@ -41,6 +41,9 @@ class Task:
             would be (``loader(dataset, **options)``, once per dataset per process), for a custom collate or sampler.
         in_memory: ``True`` reads a deterministic map-style dataset once into tensors on the device (the fast
             path); ``False`` streams even a ``TensorDataset``; ``None`` decides by the dataset's type.
+        hidden_weights: For an optimizer of hidden layers only (Muon): ``hidden_weights(model)`` gives the names of
+            the parameters it updates (2-D each), AdamW taking the rest; None uses lrsearch's split rule (every 2-D
+            weight but embeddings and the output layer, :mod:`lrsearch.training.split`).
 
     Example:
         >>> import torch
@@ -58,6 +61,7 @@ class Task:
     info: dict[str, Any] = field(default_factory=dict)
     loader: Callable[..., Iterable[Any]] | None = None
     in_memory: bool | None = None
+    hidden_weights: Callable[[nn.Module], Iterable[str]] | None = None
 
     def metric_names(self) -> list[str]:
         """Every metric a trial reports: ``train_loss``, ``val_loss`` and ``val_<name>`` for each extra metric."""

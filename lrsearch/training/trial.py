@@ -72,6 +72,10 @@ class TrialOutcome:
     """The trial's objective value once the study has scored it (:meth:`objective`), None before or when stopped."""
     value_epoch: int | None = None
     """The epoch :attr:`value` comes from."""
+    param_split: dict[str, list[str]] | None = None
+    """Which parameters each part of a pair of optimizers updated (Muon's hidden weights, AdamW's rest), by name."""
+    steps_per_epoch: int | None = None
+    """Optimizer steps per epoch, where the loop knew them (a warm-up share or an export's schedule needs them)."""
 
     @property
     def diverged(self) -> bool:
