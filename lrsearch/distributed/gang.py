@@ -164,7 +164,7 @@ def open_gang(prepared: Prepared, nproc: int) -> Iterator[Collective]:
         TrialRuntimeError: the followers cannot be started.
 
     Example:
-        >>> with open_gang(prepared, 2) as collective:
+        >>> with open_gang(prepared, 2) as collective:  # doctest: +SKIP
         ...     run_study(study, storage, prepared, observers, collective)
     """
     from lrsearch.training.devices import check_batch_size

@@ -92,7 +92,7 @@ def report_to_trial(ctx: TrialContext, epoch: int, metrics: Mapping[str, Any], s
     so are ``epoch`` and ``samples``; the objective metric's absence is reported by ``ctx.report`` itself.
 
     Example:
-        >>> if report_to_trial(ctx, epoch, {"val_loss": 0.4, "train_loss": 0.5}):
+        >>> if report_to_trial(ctx, epoch, {"val_loss": 0.4, "train_loss": 0.5}):  # doctest: +SKIP
         ...     trainer.should_stop = True
     """
     from lrsearch.training.function_mode import TrialStopped

@@ -53,7 +53,7 @@ def trial_arguments(ctx: TrialContext) -> dict[str, Any]:
     """``Trainer`` keyword arguments for the trial: its epoch budget, and one device, the trial's.
 
     Example:
-        >>> trainer = L.Trainer(**trial_arguments(ctx), callbacks=[TrialCallback(ctx)], logger=False)
+        >>> trainer = L.Trainer(**trial_arguments(ctx), callbacks=[TrialCallback(ctx)], logger=False)  # doctest: +SKIP
     """
     accelerator, _, index = ctx.device.partition(":")
     return {"max_epochs": ctx.epochs, "accelerator": "gpu" if accelerator == "cuda" else accelerator,
@@ -70,7 +70,7 @@ def trial_optimizers(ctx: TrialContext, module: pl.LightningModule) -> dict[str,
         ContextError: the module's trainer has no :class:`TrialCallback`, or its training data has no length.
 
     Example:
-        >>> class Model(L.LightningModule):
+        >>> class Model(L.LightningModule):  # doctest: +SKIP
         ...     def configure_optimizers(self):
         ...         return trial_optimizers(self.ctx, self)
     """
@@ -99,8 +99,8 @@ class TrialCallback(pl.Callback):
         ctx: The trial's context, as ``train(ctx)`` received it.
 
     Example:
-        >>> trainer = L.Trainer(**trial_arguments(ctx), callbacks=[TrialCallback(ctx)])
-        >>> trainer.fit(model, train_loader, val_loader)  # returns early when the trial is pruned
+        >>> trainer = L.Trainer(**trial_arguments(ctx), callbacks=[TrialCallback(ctx)])  # doctest: +SKIP
+        >>> trainer.fit(model, train_loader, val_loader)  # returns early when the trial is pruned  # doctest: +SKIP
     """
 
     def __init__(self, ctx: TrialContext) -> None:

@@ -168,7 +168,7 @@ class TrialContext:
         step. None for ``constant``.
 
         Example:
-            >>> scheduler = ctx.build_scheduler(optimizer, steps_per_epoch=len(loader))
+            >>> scheduler = ctx.build_scheduler(optimizer, steps_per_epoch=len(loader))  # doctest: +SKIP
         """
         from lrsearch.training.optimizers import make_scheduler
 
@@ -191,7 +191,7 @@ class TrialContext:
         objective when minimised).
 
         Example:
-            >>> ctx.report(epoch, train_loss=0.41, val_loss=0.38, val_accuracy=0.91, samples=len(train_set))
+            >>> ctx.report(epoch, train_loss=0.41, val_loss=0.38, val_accuracy=0.91, samples=len(train_set))  # doctest: +SKIP
         """
         if self.stopped is not None:
             raise self.stopped  # the loop caught the stop and went on: stop it again
@@ -211,7 +211,7 @@ class TrialContext:
         8, 16, then every 32. Raises :class:`TrialStopped` ``"diverged"`` at the epoch in progress.
 
         Example:
-            >>> ctx.check_divergence(loss.detach())  # after optimizer.step()
+            >>> ctx.check_divergence(loss.detach())  # after optimizer.step()  # doctest: +SKIP
         """
         step, self._steps = self._steps, self._steps + 1
         if self.stopped is None:

@@ -112,9 +112,9 @@ def lr_find(
             whatever the lr.
 
     Example:
-        >>> results = lr_find("studies/digits-mlp.yaml", optimizers=["adam", "sgd"])  # doctest: +SKIP
-        >>> round(results["adam"].suggested_lr, 3), results["adam"].rule  # doctest: +SKIP
-        (0.014, 'valley')
+        >>> results = lr_find("studies/digits-mlp.yaml", optimizers=["adam", "sgd"], steps=40)
+        >>> sorted(results), 1e-6 < results["adam"].suggested_lr < 1.0
+        (['adam', 'sgd'], True)
     """
     import torch
 

@@ -45,11 +45,11 @@ class MixedPrecision:
 
     Example:
         >>> amp = MixedPrecision("bf16", torch.device("cpu"), optimizer)  # doctest: +SKIP
-        >>> with amp.autocast():
+        >>> with amp.autocast():  # doctest: +SKIP
         ...     loss = loss_fn(model(x), y)
-        >>> amp.backward(loss)
-        >>> amp.step(optimizer)
-        >>> amp.skipped_steps()  # fp16: steps the scaler skipped because their gradients overflowed
+        >>> amp.backward(loss)  # doctest: +SKIP
+        >>> amp.step(optimizer)  # doctest: +SKIP
+        >>> amp.skipped_steps()  # fp16: steps skipped as their gradients overflowed  # doctest: +SKIP
         0
     """
 
