@@ -50,7 +50,7 @@ def trial_arguments(ctx: TrialContext) -> dict[str, Any]:
     evaluation and one training-loss log per epoch (what :class:`TrialCallback` reports).
 
     Example:
-        >>> args = TrainingArguments(output_dir="hf-trials", save_strategy="no", **trial_arguments(ctx))  # doctest: +SKIP
+        >>> args = TrainingArguments("hf-trials", save_strategy="no", **trial_arguments(ctx))  # doctest: +SKIP
     """
     # logging_nan_inf_filter off: the Trainer would otherwise leave non-finite losses out of the logged train loss.
     return {"num_train_epochs": ctx.epochs, "per_device_train_batch_size": ctx.batch_size, "seed": ctx.seed,
@@ -73,8 +73,8 @@ def trial_optimizers(ctx: TrialContext, model: torch.nn.Module, args: transforme
     device than the model.
 
     Example:
-        >>> trainer = Trainer(model, args, train_dataset=train, eval_dataset=val, callbacks=[TrialCallback(ctx)],  # doctest: +SKIP
-        ...                   optimizers=trial_optimizers(ctx, model, args, train))
+        >>> trainer = Trainer(model, args, train_dataset=train, eval_dataset=val,  # doctest: +SKIP
+        ...                   callbacks=[TrialCallback(ctx)], optimizers=trial_optimizers(ctx, model, args, train))
     """
     from torch.optim.lr_scheduler import ConstantLR
 

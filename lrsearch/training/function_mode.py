@@ -191,7 +191,7 @@ class TrialContext:
         objective when minimised).
 
         Example:
-            >>> ctx.report(epoch, train_loss=0.41, val_loss=0.38, val_accuracy=0.91, samples=len(train_set))  # doctest: +SKIP
+            >>> ctx.report(epoch, train_loss=0.41, val_loss=0.38, samples=len(train_set))  # doctest: +SKIP
         """
         if self.stopped is not None:
             raise self.stopped  # the loop caught the stop and went on: stop it again
