@@ -4,7 +4,8 @@ The public surface: users import ``lrsearch.<name>`` and never depend on the fil
 optuna, mlflow) load on first use of a name, so ``import lrsearch`` and the CLI's ``--help`` stay instant.
 
 The package is built in layers, each importing only the ones below it (checked by ``lint-imports``, see
-pyproject.toml): ``cli`` -> ``tracking`` -> ``study`` -> ``distributed`` -> ``training`` -> ``config`` -> ``errors``.
+pyproject.toml): ``cli`` -> ``tracking`` -> ``study`` -> ``distributed`` | ``integrations`` -> ``training`` ->
+``config`` -> ``errors``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from lrsearch.errors import LrsearchError, SpecError, StudyNotFoundError, TaskEr
 __version__ = "0.1.0"
 
 __all__ = [
+    "CombinedOptimizer",
     "LrsearchError",
     "SpecError",
     "StudyNotFoundError",
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "CombinedOptimizer": "lrsearch.training.split",
     "Task": "lrsearch.training.tasks",
     "TrialContext": "lrsearch.training.function_mode",
     "TrialStopped": "lrsearch.training.function_mode",
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from lrsearch.training.function_mode import TrialContext, TrialStopped
     from lrsearch.training.lr_finder import lr_find
     from lrsearch.training.optimizers import build_optimizer, build_scheduler
+    from lrsearch.training.split import CombinedOptimizer
     from lrsearch.training.tasks import Task
 
 

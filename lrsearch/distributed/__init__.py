@@ -4,3 +4,5 @@
 starts and restarts, ``follower`` what every non-zero rank runs, ``torchrun`` the multi-node launch, and
 ``processes`` how any child process of lrsearch is stopped.
 """
+
+__all__ = ["collective", "follower", "gang", "processes", "torchrun"]
