@@ -2,7 +2,7 @@
 # lrsearch GPU checks, for a machine with a CUDA GPU (never CI):  bash bench/gpu_check.sh
 #
 # Needs a Python whose torch has CUDA, plus lrsearch's dependencies (pip install -e . there, or carry them); lrsearch
-# itself is taken from this checkout. One GPU is enough; at most 8 minutes (each part has its own time limit, shown
+# itself is taken from this checkout. One GPU is enough; at most 10 minutes (each part has its own time limit, shown
 # in brackets). Each part prints what it measured and PASS or FAIL; the exit code is the number of FAILs.
 #   1. AdamW step on a ~100M-parameter model: fused vs foreach vs per-tensor loop (and lrsearch picks fused)  [60 s]
 #   2. one trial in bf16 and fp16 vs fp32 (time and val_loss), same config and seed                         [60 s]
@@ -11,6 +11,7 @@
 #   5. --workers auto: one worker per visible GPU, and N x M beyond the visible GPUs refused (exit 2)       [60 s]
 #   6. a study through the DDP code path with NCCL at world size 1                                           [45 s]
 #   7. out of memory on CUDA: an Adam trial over a memory cap fails "out of memory", the next SGD one runs    [45 s]
+#   8. today's optimizers: a digits trial each on CUDA (needs lrsearch[optimizers] there), implementation, time [90 s]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -241,7 +242,8 @@ model = lambda: torch.nn.Sequential(torch.nn.Linear(16384, 16384), torch.nn.Line
 task = lrsearch.Task(model, TensorDataset(x, y), TensorDataset(x, y), torch.nn.functional.cross_entropy)
 spec = spec_from_dict({"name": "oom", "task": "digits-mlp", "budget": {"n_trials": 1, "epochs": 1},
                        "train": {"device": "cuda", "batch_size": 128}, "pruner": {"name": "none"},
-                       "search": {"optimizers": ["adam", "sgd"], "adam": {"lr": 1e-4}, "sgd": {"lr": 1e-3}}})
+                       "search": {"optimizers": ["adam", "sgd"], "adam": {"lr": 1e-4}, "sgd": {"lr": 1e-3},
+                                  "portfolio": "none"}})
 prepared = Prepared(spec, task, TrainData.from_task(task, "cuda"), "cuda")
 opened = open_storage(f"sqlite:///{sys.argv[1]}/oom.db")
 study = create_study(spec, opened, "oom")
@@ -258,6 +260,36 @@ raise SystemExit(0 if ok else 1)
 PY
 }
 
+new_optimizers() {
+python3 - <<'PY'
+import time, torch
+from lrsearch.config.presets import PRESETS
+from lrsearch.config.priors import TEXTBOOK
+from lrsearch.config.spec import spec_from_dict
+from lrsearch.training.prepared import prepare
+from lrsearch.training.runner import train_trial
+from lrsearch.training.trial import TrialSettings
+
+# Each of today's optimizers trains one digits trial on CUDA (Muon's Newton-Schulz in bf16 is fast here, unlike on
+# an avx2 CPU); the implementation picked and the time are printed, and each must learn (val_loss below log 10).
+prepared = prepare(spec_from_dict({"name": "new", "task": "digits-mlp", "train": {"device": "cuda"}}))
+failed = []
+for name in ("muon", "adafactor", "lion", "soap", "schedulefree_adamw", "schedulefree_sgd", "prodigy", "adamw"):
+    if PRESETS[name].problem():
+        print(f"  {name}: {PRESETS[name].problem()}")
+        continue
+    started = time.perf_counter()
+    outcome = train_trial(prepared.task, prepared.data, TEXTBOOK[name], TrialSettings(3, 64, 0))
+    torch.cuda.synchronize()
+    loss = outcome.final["val_loss"]
+    print(f"  {name}: impl {outcome.implementation}, val_loss {loss:.4f}, {time.perf_counter() - started:.2f} s")
+    if outcome.stopped or not loss < 2.302:
+        failed.append(name)
+print(f"RESULT today's optimizers on CUDA: {'all learn' if not failed else 'failed: ' + ', '.join(failed)}")
+raise SystemExit(1 if failed else 0)
+PY
+}
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 started=$SECONDS
@@ -268,6 +300,7 @@ part "4. --batch-trials 8 vs 8 sequential trials" 60 batched
 part "5. --workers auto" 60 workers_auto
 part "6. NCCL at world size 1" 45 nccl
 part "7. out of memory on CUDA" 45 out_of_memory
+part "8. today's optimizers (Muon, Schedule-Free, Lion, SOAP, Prodigy, Adafactor) on CUDA" 90 new_optimizers
 echo
 echo "=== summary ($((SECONDS - started)) s)"
 printf '%s\n' "${summary[@]}" | tee "$work/summary.txt"
