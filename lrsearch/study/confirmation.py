@@ -21,8 +21,7 @@ if TYPE_CHECKING:
 
     from lrsearch.config.spec import StudySpec
 
-__all__ = ["CONFIRMS_ATTR", "SEED_ATTR", "confirmation_seed", "is_confirmation", "queue_confirmations",
-           "trial_seed"]
+__all__ = ["CONFIRMS_ATTR", "SEED_ATTR", "confirmation_seed", "is_confirmation", "queue_confirmations", "trial_seed"]
 
 CONFIRMS_ATTR = "confirms"
 """User attribute of a confirmation trial: the number of the trial whose configuration it trains again."""
@@ -46,30 +45,18 @@ def trial_seed(trial: optuna.trial.FrozenTrial | optuna.Trial, seed: int) -> int
     return int(trial.user_attrs.get(SEED_ATTR, seed))
 
 
-def searched_room(study: optuna.Study, spec: StudySpec) -> int | None:
-    """How many more searched trials the budget leaves before the confirmations (None: the study confirms
-    nothing). The study loop asks no more at once, so a stack of trials never eats the confirmations' share."""
-    import optuna
-
-    from lrsearch.study.states import NEVER_TRAINED
-
-    plan = spec.confirmation
-    if plan is None:
-        return None
-    states = optuna.trial.TrialState
-    live = (states.COMPLETE, states.PRUNED, states.RUNNING, states.WAITING)
-    searched = sum(not is_confirmation(t) and t.state in live and t.user_attrs.get("fail_reason") not in NEVER_TRAINED
-                   for t in study.get_trials(deepcopy=False))
-    return spec.budget.n_trials - plan.configs * plan.seeds - searched
-
-
-def queue_confirmations(study: optuna.Study, spec: StudySpec) -> int:
-    """Queue the confirmation trials that are due and not queued yet; returns how many are queued and waiting.
+def queue_confirmations(study: optuna.Study, spec: StudySpec) -> tuple[int, int | None]:
+    """Queue the confirmation trials that are due and not queued yet.
 
     They are due once the searched trials (every trial that is not a confirmation and may still count in the
     budget) number ``n_trials - configs * seeds``: the budget's rest is theirs. The configurations confirmed are the
     best ``configs`` distinct ones among the complete trials at that moment (with several workers, trials still
     running may later beat one of them: it stays unconfirmed).
+
+    Returns:
+        How many confirmations wait to train, and how many more searched trials the budget leaves before them
+        (None where the study confirms nothing): the study loop asks no more at once, so a stack of trials never
+        eats the confirmations' share. One read of the study's trials.
     """
     import optuna
 
@@ -77,26 +64,26 @@ def queue_confirmations(study: optuna.Study, spec: StudySpec) -> int:
 
     plan = spec.confirmation
     if plan is None:
-        return 0
+        return 0, None
     states = optuna.trial.TrialState
     trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("fail_reason") not in NEVER_TRAINED]
     live = (states.COMPLETE, states.PRUNED, states.RUNNING, states.WAITING)
     searched = [t for t in trials if not is_confirmation(t) and t.state in live]
-    reserved = plan.configs * plan.seeds
-    if len(searched) < spec.budget.n_trials - reserved:
-        return 0
+    waiting = sum(is_confirmation(t) and t.state == states.WAITING for t in trials)
+    room = spec.budget.n_trials - plan.configs * plan.seeds - len(searched)
+    if room > 0:
+        return waiting, room
     best = _best_configurations(study, searched, plan.configs)
     queued = {(t.user_attrs[CONFIRMS_ATTR], trial_seed(t, spec.train.seed)) for t in trials if is_confirmation(t)}
-    room = spec.budget.n_trials - sum(t.state in live for t in trials)
-    count = sum(is_confirmation(t) and t.state == states.WAITING for t in trials)
+    free = spec.budget.n_trials - sum(t.state in live for t in trials)
     for trial in best:
         for j in range(1, plan.seeds + 1):
             seed = confirmation_seed(spec.train.seed, j)
-            if (trial.number, seed) in queued or room <= 0:
+            if (trial.number, seed) in queued or free <= 0:
                 continue
             study.enqueue_trial(trial.params, user_attrs={CONFIRMS_ATTR: trial.number, SEED_ATTR: seed})
-            count, room = count + 1, room - 1
-    return count
+            waiting, free = waiting + 1, free - 1
+    return waiting, room
 
 
 def _best_configurations(study: optuna.Study, trials: list[optuna.trial.FrozenTrial],

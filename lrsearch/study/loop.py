@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from lrsearch.errors import TaskError, TrialRuntimeError
 from lrsearch.study.algorithms import PruningPoints
 from lrsearch.study.budget import ask_within_budget, open_slots
-from lrsearch.study.confirmation import queue_confirmations, searched_room, trial_seed
+from lrsearch.study.confirmation import queue_confirmations, trial_seed
 from lrsearch.study.heartbeat import fail_stale_trials, heartbeats
 from lrsearch.study.observers import Observers, observing
 from lrsearch.study.trials import EpochReporter, finish_trial, start_trial
@@ -104,9 +104,8 @@ def run_study(study: optuna.Study, storage: Any, prepared: Prepared,
     for free in open_slots(study, storage, prepared.spec.budget):
         fail_stale_trials(study, storage)  # a dead process's trials are failed and queued for retry: they come first
         # Once due, the best configurations again on new seeds; each trains on its own (stacked trials share a seed).
-        room = searched_room(study, prepared.spec)
-        count = 1 if queue_confirmations(study, prepared.spec) else \
-            min(trainer.batch, free, room if room is not None and room > 0 else free)
+        waiting, room = queue_confirmations(study, prepared.spec)
+        count = 1 if waiting else min(trainer.batch, free, room if room is not None and room > 0 else free)
         trials = ask_within_budget(study, count, prepared.spec.budget.n_trials)
         if not trials:
             continue
