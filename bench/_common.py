@@ -112,6 +112,12 @@ def print_table(
     headers: Sequence[str], rows: Sequence[Sequence[Any]], headline: str, notes: Sequence[str] = ()
 ) -> None:
     """A plain aligned table, then ``notes``, then the headline as the very last line printed."""
+    print_rows(headers, rows, notes)
+    print(headline)
+
+
+def print_rows(headers: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> None:
+    """A plain aligned table, then ``notes``: a bench with several tables prints all but the last one with this."""
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     print()
@@ -123,7 +129,6 @@ def print_table(
     for note in notes:
         print(note)
     sys.stdout.flush()
-    print(headline)
 
 
 def _cell(value: Any) -> str:
