@@ -105,12 +105,19 @@ def test_halving_keeps_only_a_rungs_best_while_the_searched_trials_are_over_thei
     pruner = HalvingPruner(epochs=8, n_trials=10)
     portfolio = [_trial(0, [1.0 + 0.1 * e for e in range(8)][::-1], portfolio="adam"),
                  _trial(1, [2.0] * 8, portfolio="adamw")]
-    # 5 trials of 2 epochs, the candidate's 2 and the 6 it trains if it goes on: 18, within 3/8 of 6 full trials
+    # 5 trials of 2 epochs, the candidate's 2 and the 6 it trains if it goes on, and the first rung of the 2 still to
+    # come: 22, within the study's 24 searched epochs
     thrifty = [_trial(2 + n, [1.5, 1.3 + n / 10], TrialState.PRUNED) for n in range(5)]
     assert not _pruned(pruner, portfolio + thrifty, [1.5, 1.35])  # second of 6: the best third goes on
-    spendthrift = [_trial(2 + n, [1.5, 1.2 + n / 10] + [1.0] * 6) for n in range(3)]  # 24 epochs, over 9
-    assert _pruned(pruner, portfolio + spendthrift, [1.5, 1.25])  # second best, but only the best goes on now
-    assert not _pruned(pruner, portfolio + spendthrift, [1.5, 1.1])  # the best at the rung still goes on
+    # In a study of 20 trials (8 * 18 * 8 / 18 = 64 searched epochs): 3 trials of 8 epochs and the candidate's 8 are
+    # over the share of 4 searched trials so far (14.2), not over the study's once the 14 to come get 2 each (60).
+    spendthrift = [_trial(2 + n, [1.5, 1.2 + n / 10] + [1.0] * 6) for n in range(3)]
+    roomy = HalvingPruner(epochs=8, n_trials=20)
+    assert _pruned(roomy, portfolio + spendthrift, [1.5, 1.25])  # second best, but only the best goes on now
+    assert not _pruned(roomy, portfolio + spendthrift, [1.5, 1.1])  # the best at the rung still goes on
+    # With 10 trials the same 24 epochs are the study's whole share: not even the best goes on (the study keeps to
+    # half its full epochs, confirmations and portfolio included).
+    assert _pruned(pruner, portfolio + spendthrift, [1.5, 1.1])
 
 
 def test_a_default_study_runs_the_portfolio_first_and_prunes_only_at_its_rungs(storage: str) -> None:

@@ -3,7 +3,7 @@ lrsearch's own study loop (``lrsearch.study.loop.run_study``) on Optuna's in-mem
 with the same code; only the sampler, the pruner, the trial budget and the study file's ``search`` keys differ.
 
 What an arm *returns* is what a user takes home. For lrsearch's own searches that is what the study answers
-(:func:`returned`: once the study confirms its best configurations on new seeds, the best confirmed mean; before,
+(:func:`returned`: where the study confirmed its best configurations on new seeds, the best confirmed mean; else
 its best trial). For the baselines (random search, the textbook, Optuna out of the box, Syne Tune's ASHA) it is
 their best recorded complete trial, as those tools report it.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -52,10 +51,17 @@ class Arm:
 ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("lrsearch", note="lrsearch's default: no sampler or pruner written in the study file"),
     Arm("lrsearch-no-confirm", search={"confirm": "none"}, note="the default with confirmation off"),
+    Arm("lrsearch-confirm-3x1", search={"confirm": {"configs": 3, "seeds": 1}},
+        note="the default confirming its 3 best configurations on 1 new seed each (auto: 2 on 1)"),
+    Arm("lrsearch-confirm-1x2", search={"confirm": {"configs": 1, "seeds": 2}},
+        note="the default confirming its best configuration on 2 new seeds (auto: 2 configurations on 1)"),
+    Arm("tuned-adamw", search={"optimizers": ["adamw"]},
+        note="the default search restricted to AdamW: what a user who tunes only AdamW gets (family tasks)"),
     Arm("random", sampler="random", pruner="none", n_trials=100, baseline=True, views=(25, 100),
         note="random search, no pruning: one run of 100 trials, its first 25 are random@25"),
     Arm("textbook", portfolio_only=True, baseline=True,
-        note="each textbook configuration once (Adam 1e-3, AdamW, SGD momentum / Nesterov 0.1 cosine); the best"),
+        note="each configuration of the study's portfolio once (the first 4 textbook configurations it can run: "
+             "Adam 1e-3, AdamW, SGD momentum / Nesterov 0.1 cosine on the base tasks); the best"),
     Arm("optuna-oob", custom="optuna-oob", baseline=True,
         note="Optuna out of the box: TPESampler() + HyperbandPruner()"),
     Arm("syne-tune-asha", custom="syne-tune-asha", baseline=True,
@@ -64,8 +70,14 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("prior-no-pruning", sampler="prior", pruner="none",
         note="ablation: the default's sampler and portfolio, no pruning (what the halving pruner costs and saves)"),
 ]}
-DEFAULT_ARMS = ("lrsearch", "lrsearch-no-confirm", "random", "textbook", "optuna-oob", "syne-tune-asha")
-"""What ``run.py`` runs unless ``--arms`` says otherwise; the two ablations stay selectable."""
+DEFAULT_ARMS = ("lrsearch", "lrsearch-no-confirm", "lrsearch-confirm-3x1", "lrsearch-confirm-1x2", "random",
+                "textbook", "optuna-oob", "syne-tune-asha")
+"""What ``run.py`` runs on the base tasks unless ``--arms`` says otherwise; the two ablations stay selectable."""
+QUICK_ARMS = ("lrsearch", "lrsearch-no-confirm", "random", "textbook", "optuna-oob", "syne-tune-asha")
+"""``run.py --quick``: the arms of issue 23's targets, without the other confirmation settings."""
+FAMILY_ARMS = ("lrsearch", "tuned-adamw", "lrsearch-no-confirm", "random", "textbook")
+"""What ``run.py`` runs on the family tasks (``search_tasks.FAMILY_TASKS``) unless ``--arms`` says otherwise: the
+default against tuned AdamW (issue 22), with random@25 and the textbook (one per family) as the yardsticks."""
 
 
 def views(arm: Arm, trials: int) -> dict[str, int]:
@@ -148,42 +160,40 @@ def _run_study(arm: Arm, data: dict[str, Any], prepared: Any) -> optuna.Study:
                                       pruner=optuna.pruners.HyperbandPruner())
         created.set_user_attr("spec", spec.model_dump(mode="json"))
     else:
-        created = create_study(spec, storage, spec.name)
+        created = create_study(spec, storage, spec.name, warm_start=_warm_start(spec))
     run_study(created, storage, dataclasses.replace(prepared, spec=spec))
     return created
 
 
-def returned(study: optuna.Study) -> dict[str, Any] | None:
-    """What a lrsearch study returns to its user: ``{trial, config, recorded, values, seeds}`` (the trial number,
-    its configuration, the value the study reports for it, the values it is made of and their training seeds), or
-    None when no trial completed.
+def _warm_start(spec: Any) -> dict[str, dict[str, Any]] | None:
+    """The study's ``search.warm_start`` configurations, resolved as ``tune`` resolves them for a new study (the
+    study loop only reads what ``create_study`` is given). The bench warm-starts from exported files only: its
+    studies live in memory, so the storage named here is one that does not exist."""
+    if not spec.search.warm_start:
+        return None
+    import tempfile
 
-    The one place the bench reads a study's answer. Where ``lrsearch.study.results.study_answer`` exists (the study
-    confirms its best configurations on new seeds and answers the best mean), it is the answer: ``trial`` (a
-    FrozenTrial), ``config``, ``value`` (the mean over the confirmation seeds), ``values`` (one per seed) and, if it
-    has them, ``seeds``. Before that, the answer is ``best_trial``: one trial, its one value.
-    """
+    from lrsearch.study.warm_start import resolve_warm_start
+
+    with tempfile.TemporaryDirectory() as empty:
+        return resolve_warm_start(spec, str(Path(empty) / "none.journal"))
+
+
+def returned(study: optuna.Study) -> dict[str, Any] | None:
+    """What a lrsearch study returns to its user (``lrsearch.study.results.study_answer``: among the configurations
+    it confirmed on new seeds, the best mean; where none is, its best trial): ``{trial, config, recorded, values,
+    seeds}`` (the number of the configuration's first trial, the configuration, the value the study reports for it,
+    the values that mean is made of and their training seeds), or None when no trial completed. The one place the
+    bench reads a study's answer."""
     from lrsearch.errors import LrsearchError
-    from lrsearch.study import results
+    from lrsearch.study.results import study_answer
 
     try:
-        if hasattr(results, "study_answer"):
-            answer = results.study_answer(study)
-            if answer is None:
-                return None
-            trial, config, value = answer.trial, answer.config, answer.value
-            values, seeds = list(answer.values), getattr(answer, "seeds", None)
-        else:
-            trial = results.best_trial(study)
-            config, value, values, seeds = trial.user_attrs["config"], trial.value, [trial.value], None
+        answer = study_answer(study)
     except LrsearchError:
         return None
-    if seeds is None:  # the training seeds of the study's trials of this configuration
-        key = json.dumps(config, sort_keys=True)
-        seeds = sorted({t.user_attrs.get("training", {}).get("seed") for t in study.get_trials(deepcopy=False)
-                        if json.dumps(t.user_attrs.get("config"), sort_keys=True) == key} - {None})
-    return {"trial": trial.number, "config": config, "recorded": float(value), "values": [float(v) for v in values],
-            "seeds": list(seeds)}
+    return {"trial": answer.trial.number, "config": answer.config, "recorded": float(answer.value),
+            "values": [float(v) for v in answer.values], "seeds": list(answer.seeds)}
 
 
 def _export(study: optuna.Study, number: int, path: Path) -> None:

@@ -1,7 +1,9 @@
 """The search benchmark's report: per task, what each arm's returned configuration retrains to (the headline), the
 anytime view (its choice after 5, 10, 25 trials, retrained), each textbook configuration retrained, and, secondary,
-the recorded best-of-N of issue 13; per warm-start pair, cold against warm; the targets (``targets.py``) and a plot
-per task of the recorded best so far against trials.
+the recorded best-of-N of issue 13; per warm-start pair, cold against warm; the targets (``targets.py``, on the base
+tasks and pairs) and a plot per task of the recorded best so far against trials. Beside them: the confirmation
+settings against no confirmation, and, on the family tasks, which optimizer family the default returns and by how
+much it beats tuned AdamW (``families`` in ``summary.json``).
 
     python bench/search/report.py [--results bench/results/search]
 """
@@ -15,12 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from search_tasks import FAMILY_TASKS
 from targets import (
     DEFAULT,
+    NO_CONFIRM,
     ORDER,
+    TUNED_ADAMW,
     no_worse,
+    paired_gain,
     suite_targets,
     summarise_anytime,
+    summarise_confirmation,
+    summarise_families,
     summarise_pair,
     summarise_textbook,
     summarise_views,
@@ -76,11 +84,13 @@ def summarise(task: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
     views = summarise_views(docs, maximize, epochs)
     textbook = summarise_textbook(docs, maximize)
     return {"task": task, "maximize": maximize, "epochs": epochs, "holdout": first.get("holdout", False),
-            "metric": first["metric"], "seeds": sorted(d["seed"] for d in docs),
+            "family": task in FAMILY_TASKS, "metric": first["metric"], "seeds": sorted(d["seed"] for d in docs),
             "fresh": max(len(d.get("fresh_seeds", [])) for d in docs), "views": views, "textbook": textbook,
             "anytime": summarise_anytime(docs, maximize, epochs), "recorded_best": recorded_best(docs, maximize),
             "skipped": sorted({n for d in docs for n in d.get("skipped", [])}),
-            "targets": task_targets(views, textbook, maximize)}
+            "targets": task_targets(views, textbook, maximize),
+            "families": summarise_families(docs, views, maximize),
+            "confirmation": summarise_confirmation(views, maximize)}
 
 
 def _fmt(x: float | None) -> str:
@@ -92,11 +102,11 @@ def _fmt(x: float | None) -> str:
 
 def _paired(views: dict[str, Any], maximize: bool, name: str) -> str:
     """The default against ``name``, seed by seed on the per-seed retrained means: wins / losses / ties."""
-    ours, theirs = views[DEFAULT]["per_seed"], views[name]["per_seed"]
-    common = [s for s in ours if s in theirs]
-    ties = sum(no_worse(ours[s], theirs[s], maximize) and no_worse(theirs[s], ours[s], maximize) for s in common)
-    wins = sum(no_worse(ours[s], theirs[s], maximize) for s in common) - ties
-    return f"{wins} / {len(common) - wins - ties} / {ties}"
+    return _wlt(paired_gain(views[DEFAULT]["per_seed"], views[name]["per_seed"], maximize))
+
+
+def _wlt(paired: dict[str, Any]) -> str:
+    return f"{paired['wins']} / {paired['losses']} / {paired['ties']}"
 
 
 def markdown(s: dict[str, Any]) -> str:
@@ -114,7 +124,8 @@ def markdown(s: dict[str, Any]) -> str:
                      f"{_fmt(v['recorded'])} | {_fmt(v['optimism'])} | {v['epochs']:.2f} | {v['wall']:.1f} | "
                      f"{paired} |")
     if s["targets"]:
-        lines += ["", "Targets: " + "; ".join(_task_verdicts(s))]
+        counted = " (not counted: a family task)" if s["family"] else ""
+        lines += ["", f"Targets{counted}: " + "; ".join(_task_verdicts(s))]
     for note in s["skipped"]:
         lines.append(f"Note: {note}")
     if s["textbook"]:
@@ -220,16 +231,18 @@ def report(results: Path, tasks: list[str] | None = None,
     task_docs = {t: d for t, d in task_docs.items() if tasks is None or t in tasks}
     pair_docs = {p: d for p, d in pair_docs.items() if pairs is None or p in pairs}
     summaries = {task: summarise(task, docs) for task, docs in sorted(task_docs.items())}
+    summaries = dict(sorted(summaries.items(), key=lambda kv: kv[1]["family"]))  # base tasks first
+    base = {task: s for task, s in summaries.items() if not s["family"]}
     pair_summaries = {pair: summarise_pair(docs) for pair, docs in sorted(pair_docs.items())}
     reproduced = [d["reproduce"]["equal"] for docs in task_docs.values() for d in docs if d.get("reproduce")]
-    suite = suite_targets(summaries, pair_summaries, reproduced)
-    wins = [t for t, s in summaries.items() if s["targets"].get("T-win")]
+    suite = suite_targets(base, pair_summaries, reproduced)
+    wins = [t for t, s in base.items() if s["targets"].get("T-win")]
     rows = ["| target | verdict | where |", "|---|---|---|"]
     details = {
-        "T-win": f"default >= every arm at 25 trials on {len(wins)} of {len(summaries)} tasks "
+        "T-win": f"default >= every arm at 25 trials on {len(wins)} of {len(base)} base tasks "
                  f"({', '.join(wins) or 'none'}); needs 5/7 of them, rounded up",
-        "T-textbook": _where(summaries, "T-textbook"), "T-epochs": _where(summaries, "T-epochs"),
-        "T-optimism": _where(summaries, "T-optimism"),
+        "T-textbook": _where(base, "T-textbook"), "T-epochs": _where(base, "T-epochs"),
+        "T-optimism": _where(base, "T-optimism"),
         "T-warm": ", ".join(f"{p} {VERDICT[s['T-warm']]}" for p, s in pair_summaries.items()),
         "T-reproduce": f"{sum(reproduced)} of {len(reproduced)} jobs: a trial retrained on its own seed gives its "
                        "recorded value",
@@ -246,8 +259,13 @@ def report(results: Path, tasks: list[str] | None = None,
               "seeds no arm trained with (the same for every arm). Spread: std of the per-seed means over search "
               "seeds. Optimism: recorded minus retrained, positive when the record flattered. Default W / L / T: "
               "lrsearch's default against the arm, seed by seed. Definitions and targets: bench/search/targets.py.",
-              "", "## Targets of lrsearch's default", "", *rows, ""]
+              "", "## Targets of lrsearch's default (base tasks and pairs)", "", *rows, ""]
+    families = {task: s["families"] for task, s in summaries.items() if s["families"]}
+    confirmation = {task: s["confirmation"] for task, s in summaries.items() if s["confirmation"]}
+    parts += [*families_markdown(families, summaries), *confirmation_markdown(confirmation, summaries)]
     for task, summary in summaries.items():
+        if summary["family"] and task == next(t for t, s in summaries.items() if s["family"]):
+            parts += ["## Family tasks (not counted in the targets)", ""]
         plot(summary, results / f"{task}.png")
         parts.append(markdown(summary))
     if pair_summaries:
@@ -257,9 +275,59 @@ def report(results: Path, tasks: list[str] | None = None,
     (results / "REPORT.md").write_text(text)
     out = {"targets": suite, "tasks": {t: {k: v for k, v in s.items() if k != "recorded_best"}
                                        | {"recorded_best": {a: r["at"] for a, r in s["recorded_best"].items()}}
-                                       for t, s in summaries.items()}, "pairs": pair_summaries}
+                                       for t, s in summaries.items()}, "pairs": pair_summaries,
+           "families": families, "confirmation": confirmation}
     (results / "summary.json").write_text(json.dumps(_jsonable(out), indent=1))
     return text, out
+
+
+def families_markdown(families: dict[str, Any], summaries: dict[str, Any]) -> list[str]:
+    """Issue 22's table: per task that searches several families, the family the default returns on each search
+    seed and its gain over tuned AdamW, retrained."""
+    if not families:
+        return []
+    lines = ["## Families: which optimizer the default returns, and its gain over tuned AdamW", "",
+             f"`{TUNED_ADAMW}` is the default search restricted to `search.optimizers: [adamw]` (what a user who tunes "
+             "only AdamW gets). Gain: the default's retrained mean minus tuned AdamW's, signed so that positive means "
+             "the default is better (mean over search seeds); spread: the std of the per-seed gains.", "",
+             "| task (metric) | the default's family, by search seed | default retrained | tuned AdamW retrained | "
+             "gain | spread | default W / L / T |", "|---|---|---|---|---|---|---|"]
+    for task, f in families.items():
+        chosen = ", ".join(f"{seed}: {family}" for seed, family in sorted(f["families"].items()))
+        lines.append(f"| {task} ({summaries[task]['metric']}) | {chosen} | {_fmt(f['default'])} | "
+                     f"{_fmt(f['tuned_adamw'])} | {_signed(f['gain'])} | {_fmt(f['spread'])} | {_wlt(f)} |")
+    return [*lines, ""]
+
+
+def confirmation_markdown(confirmation: dict[str, Any], summaries: dict[str, Any]) -> list[str]:
+    """Issue 23's item 2: each confirmation setting against the default without confirmation, per task, and on how
+    many tasks its retrained mean is better, worse or tied."""
+    if not confirmation:
+        return []
+    lines = ["## Confirmation settings against no confirmation", "",
+             f"Each setting (configurations x new seeds, inside the 25 trials) against `{NO_CONFIRM}`, seed by seed. "
+             "Gain: retrained mean minus no confirmation's, positive when confirming is better; spread: the std of "
+             "the per-seed gains.", "",
+             "| task | setting | retrained mean | no confirmation | gain | spread | W / L / T | epochs / 25 full "
+             "(no confirmation's) |", "|---|---|---|---|---|---|---|---|"]
+    tally: dict[str, list[int]] = {}
+    for task, by_arm in confirmation.items():
+        for c in by_arm.values():
+            lines.append(f"| {task} | {c['setting']} | {_fmt(c['retrained'])} | {_fmt(c['no_confirm'])} | "
+                         f"{_signed(c['gain'])} | {_fmt(c['spread'])} | {_wlt(c)} | {c['epochs']:.2f} "
+                         f"({c['no_confirm_epochs']:.2f}) |")
+            maximize = summaries[task]["maximize"]
+            better, worse = (no_worse(c["retrained"], c["no_confirm"], maximize),
+                             no_worse(c["no_confirm"], c["retrained"], maximize))
+            counts = tally.setdefault(c["setting"], [0, 0, 0])
+            counts[0 if better and not worse else 1 if worse and not better else 2] += 1
+    lines += [""] + [f"- {setting}: retrained mean better than no confirmation on {b} of {b + w + t} tasks, worse on "
+                     f"{w}, tied on {t}." for setting, (b, w, t) in tally.items()]
+    return [*lines, ""]
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:+.4g}" if math.isfinite(x) else "diverged"
 
 
 def _where(summaries: dict[str, Any], target: str) -> str:

@@ -3,8 +3,12 @@ choice matters, as lrsearch study files.
 
 Five are for development (digits-mlp and the quadratic are the shipped studies); two are held out: they were looked
 at only after the default search was chosen, and they search a wider space. These seven are the base tasks. Their
-variants (wider, longer, a new split) are the other halves of the warm-start pairs. Every dataset ships with a
-package or is generated: nothing is downloaded.
+variants (wider, longer, a new split) are the other halves of the warm-start pairs. The family tasks search the
+optimizer families people weigh today (Muon, Lion, SOAP, Schedule-Free AdamW, Prodigy and AdamW): a small
+transformer language model (tiny-lm, a full trial about 4 s with AdamW and 11 s with Muon on one core: torch's Muon
+orthogonalises in bfloat16, slow on a CPU without bf16 instructions) and two base tasks searching those families;
+they are not base tasks (the targets do not count them: they would cost the full run more than an hour at 10
+seeds). Every dataset ships with a package or is generated: nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -189,6 +193,69 @@ def char_lm(context: int = 8, emb: int = 16, hidden: int = 128, n_train: int = 1
                          torch.nn.functional.cross_entropy, {"accuracy": _accuracy})
 
 
+def tiny_lm(context: int = 32, d_model: int = 64, heads: int = 4, layers: int = 2, n_train: int = 512,
+            n_val: int = 256) -> Any:
+    """A small decoder-only transformer (pre-norm, causal self-attention built from ``nn.Linear`` so that Muon has
+    hidden 2-D weights) predicting the next character at every position of ``context``-character windows of the
+    source of a few standard-library modules: text that ships with Python. The output head is the last
+    ``nn.Linear`` the model registers, so lrsearch's split rule gives it, the embeddings, the norms and the biases
+    to AdamW when Muon is chosen. The loss is the mean over every position of the batch."""
+    import inspect
+    import json
+    import string
+    import textwrap
+
+    import torch
+    from torch import nn
+    from torch.nn import functional
+    from torch.utils.data import TensorDataset
+
+    import lrsearch
+
+    text = "\n".join(inspect.getsource(m) for m in (textwrap, string, json))
+    vocab = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
+    text = "".join(c if c in vocab else " " for c in text)
+    # Non-overlapping windows, each one longer than the context: its inputs and, shifted by one, its targets.
+    windows = torch.tensor([vocab.index(c) for c in text]).unfold(0, context + 1, context + 1)
+    cut = min(n_train, int(0.8 * len(windows)))
+    train, val = windows[:cut], windows[cut:cut + n_val]
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+            self.qkv, self.proj = nn.Linear(d_model, 3 * d_model), nn.Linear(d_model, d_model)
+            self.up, self.down = nn.Linear(d_model, 4 * d_model), nn.Linear(4 * d_model, d_model)
+
+        def forward(self, h: Any) -> Any:
+            b, t, _ = h.shape
+            q, k, v = self.qkv(self.norm1(h)).view(b, t, 3, heads, d_model // heads).permute(2, 0, 3, 1, 4)
+            attended = functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            h = h + self.proj(attended.transpose(1, 2).reshape(b, t, d_model))
+            return h + self.down(functional.gelu(self.up(self.norm2(h))))
+
+    class TinyLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.position = nn.Embedding(len(vocab), d_model), nn.Embedding(context, d_model)
+            self.blocks = nn.Sequential(*[Block() for _ in range(layers)])
+            self.norm = nn.LayerNorm(d_model)
+            self.head = nn.Linear(d_model, len(vocab))  # registered last: the output layer of the split rule
+
+        def forward(self, x: Any) -> Any:
+            h = self.embed(x) + self.position(torch.arange(x.shape[1], device=x.device))
+            return self.head(self.norm(self.blocks(h)))
+
+    def loss(output: Any, target: Any) -> Any:
+        return functional.cross_entropy(output.flatten(0, 1), target.flatten())
+
+    def accuracy(output: Any, target: Any) -> float:
+        return (output.argmax(dim=-1) == target).float().mean().item()
+
+    return lrsearch.Task(TinyLM, TensorDataset(train[:, :-1], train[:, 1:]), TensorDataset(val[:, :-1], val[:, 1:]),
+                         loss, {"accuracy": accuracy})
+
+
 def _entry(function: str, **args: Any) -> dict[str, Any]:
     return {"entrypoint": f"search_tasks:{function}", **({"args": args} if args else {})}
 
@@ -228,4 +295,17 @@ VARIANTS: dict[str, BenchTask] = {t.name: t for t in [
 """Base tasks changed the way a user's next study changes an earlier one (the same model wider, trained longer, on
 a new split of its data): the other halves of the warm-start pairs (``pairs.py``). Not base tasks."""
 
-ALL_TASKS: dict[str, BenchTask] = TASKS | VARIANTS
+FAMILY_OPTIMIZERS = ["adamw", "muon", "lion", "soap", "schedulefree_adamw", "prodigy"]
+"""The optimizer families people weigh today (issue 22), AdamW first."""
+_FAMILY_SEARCH = {"optimizers": FAMILY_OPTIMIZERS, "schedules": DEFAULT_SCHEDULES}
+FAMILY_TASKS: dict[str, BenchTask] = {t.name: t for t in [
+    BenchTask("tiny-lm", _entry("tiny_lm"), 6, 32, "val_loss", "minimize", _FAMILY_SEARCH),
+    _variant("char-lm", "char-lm-families", search=_FAMILY_SEARCH, holdout=False),
+    _variant("digits-cnn", "digits-cnn-families", search=_FAMILY_SEARCH),
+]}
+"""Tasks on which the choice between optimizer families is the question (issue 22): the default searches
+:data:`FAMILY_OPTIMIZERS` and is compared with the same search restricted to AdamW (``tuned-adamw``). Muon updates
+the hidden 2-D weights by lrsearch's split rule (tiny-lm: attention and MLP matrices; char-lm: its hidden layer;
+digits-cnn: its hidden linear layer, the conv kernels going to AdamW). Not base tasks."""
+
+ALL_TASKS: dict[str, BenchTask] = TASKS | VARIANTS | FAMILY_TASKS

@@ -23,12 +23,19 @@ signed so that positive means the record flattered (for a loss: retrained - reco
 - **T-reproduce** (a check of the bench itself): a trial retrained on its own seed gives its recorded value, bit for
   bit, in every job: otherwise retrained values do not measure what the studies trained.
 
+The targets count the base tasks (``search_tasks.TASKS``) and the pairs. Two measurements beside them are not
+targets: on the **family tasks** (``search_tasks.FAMILY_TASKS``), which optimizer the default returns and its gain
+over ``tuned-adamw`` (:func:`summarise_families`); on every task, each **confirmation setting**'s gain over the
+default without confirmation (:func:`summarise_confirmation`). A gain is signed so that positive means the first
+arm is better; its spread is the standard deviation of the per-seed gains.
+
 Ties: "at least as good" compares means rounded to 4 significant digits (:func:`no_worse`), a resolution the seeds'
 noise is far coarser than, so a configuration both arms return counts as a tie, not as a loss by rounding error.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import statistics
 from typing import Any
@@ -36,8 +43,12 @@ from typing import Any
 DEFAULT = "lrsearch"
 COMPARED = ("random@25", "textbook", "optuna-oob", "syne-tune-asha", "lrsearch-no-confirm")
 """The arms T-win compares the default with: every arm at 25 trials."""
-ORDER = (DEFAULT, "lrsearch-no-confirm", "random@25", "random@100", "textbook", "optuna-oob", "syne-tune-asha",
-         "lrsearch-0.1", "prior-no-pruning")
+ORDER = (DEFAULT, "lrsearch-no-confirm", "lrsearch-confirm-3x1", "lrsearch-confirm-1x2", "tuned-adamw", "random@25",
+         "random@100", "textbook", "optuna-oob", "syne-tune-asha", "lrsearch-0.1", "prior-no-pruning")
+TUNED_ADAMW = "tuned-adamw"
+NO_CONFIRM = "lrsearch-no-confirm"
+CONFIRM_SETTINGS = {DEFAULT: "2 x 1 (auto)", "lrsearch-confirm-3x1": "3 x 1", "lrsearch-confirm-1x2": "1 x 2"}
+"""The arms that confirm (configurations x new seeds), each compared with the default without confirmation."""
 WIN_SHARE = 5 / 7
 WARM_SHARE = 1 / 3
 EPOCH_SHARE = 0.5
@@ -99,6 +110,48 @@ def summarise_views(docs: list[dict[str, Any]], maximize: bool, epochs: int) -> 
             "retrains": sum(len(p["retrained"]) for _, p in picks),
         }
     return out
+
+
+def gain(a: float, b: float, maximize: bool) -> float:
+    """How much better ``a`` is than ``b``: positive when ``a`` is better."""
+    return a - b if maximize else b - a
+
+
+def paired_gain(ours: dict[int, float], theirs: dict[int, float], maximize: bool) -> dict[str, Any]:
+    """Two arms' per-seed retrained means, seed by seed on the seeds both ran: the mean gain of ``ours`` (positive:
+    ours better), the standard deviation of the per-seed gains (the spread) and wins / losses / ties."""
+    common = sorted(s for s in ours if s in theirs)
+    gains = [gain(ours[s], theirs[s], maximize) for s in common]
+    ties = sum(no_worse(ours[s], theirs[s], maximize) and no_worse(theirs[s], ours[s], maximize) for s in common)
+    wins = sum(no_worse(ours[s], theirs[s], maximize) for s in common) - ties
+    return {"seeds": common, "gain": statistics.fmean(gains) if gains else math.nan, "spread": std_of(gains),
+            "per_seed": dict(zip(common, gains, strict=True)), "wins": wins, "losses": len(common) - wins - ties,
+            "ties": ties}
+
+
+def summarise_families(docs: list[dict[str, Any]], views: dict[str, Any], maximize: bool) -> dict[str, Any] | None:
+    """Issue 22's question on a task that searches several optimizer families: which family (optimizer) the
+    default's returned configuration uses on each search seed, and its retrained mean minus tuned AdamW's (the
+    default restricted to AdamW), positive when the default is better; None where either did not run."""
+    if DEFAULT not in views or TUNED_ADAMW not in views:
+        return None
+    families = {d["seed"]: d["choices"][DEFAULT]["config"]["optimizer"] for d in docs
+                if DEFAULT in d.get("choices", {})}
+    return {"families": families, "counts": dict(collections.Counter(families.values()).most_common()),
+            "default": views[DEFAULT]["retrained"], "tuned_adamw": views[TUNED_ADAMW]["retrained"],
+            **paired_gain(views[DEFAULT]["per_seed"], views[TUNED_ADAMW]["per_seed"], maximize)}
+
+
+def summarise_confirmation(views: dict[str, Any], maximize: bool) -> dict[str, Any]:
+    """Each confirmation setting that ran against the default without confirmation (issue 23, item 2): its retrained
+    mean, the paired gain over no confirmation (positive: confirming better), its spread, W / L / T, epochs."""
+    if NO_CONFIRM not in views:
+        return {}
+    base = views[NO_CONFIRM]
+    return {name: {"setting": setting, "retrained": views[name]["retrained"], "epochs": views[name]["epochs"],
+                   "no_confirm": base["retrained"], "no_confirm_epochs": base["epochs"],
+                   **paired_gain(views[name]["per_seed"], base["per_seed"], maximize)}
+            for name, setting in CONFIRM_SETTINGS.items() if name in views}
 
 
 def summarise_textbook(docs: list[dict[str, Any]], maximize: bool) -> dict[str, dict[str, Any]]:

@@ -216,18 +216,27 @@ class HalvingPruner(optuna.pruners.BasePruner):
                   if t.number != trial.number and step in t.intermediate_values]
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         ranked = sorted([value, *(v for v in others if not math.isnan(v))], reverse=maximize)
-        kept = 1 if self._over_budget(trials, self.epochs - step - 1) else max(1, int(len(ranked) * self.keep))
+        spend = self._spend(trials, self.epochs - step - 1)
+        if spend == "spent":
+            return True  # going on would take the study over its epochs, the first rungs still owed included
+        kept = 1 if spend == "over" else max(1, int(len(ranked) * self.keep))
         cutoff = ranked[kept - 1]
         return value < cutoff if maximize else value > cutoff
 
-    def _over_budget(self, trials: list[FrozenTrial], committed: int) -> bool:
-        """Whether the searched trials (neither fixed nor confirmations) would train more than their share of the
-        epochs: what they trained so far, plus the ``committed`` epochs the trial at this rung trains if it goes
-        on. Fixed trials, confirmations and the confirmations still to come train in full, outside the share."""
+    def _spend(self, trials: list[FrozenTrial], committed: int) -> str:
+        """Where the searched trials (neither fixed nor confirmations) stand against their share of the epochs, if
+        the trial at this rung goes on (``committed``: the epochs it would still train): ``"under"``; ``"over"``
+        the share of the searched trials so far (then only a rung's best goes on); or ``"spent"``: over the whole
+        study's share once every searched trial still to come is given its first rung (then none goes on, so
+        the study ends within ``epoch_budget``). Fixed trials and confirmations, those still to come included,
+        train in full, outside the share."""
         live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         searched = [t for t in trials if t.state in live and not trains_in_full(t)]
         confirming = sum(CONFIRMS_ATTR in t.user_attrs for t in trials)
         full = sum(PORTFOLIO_ATTR in t.user_attrs for t in trials) + max(confirming, self.reserved)
         share = (self.epoch_budget * self.n_trials - full) / max(1, self.n_trials - full)
-        spent = sum(len(t.intermediate_values) for t in searched)
-        return spent + committed > share * self.epochs * len(searched)
+        spent = sum(len(t.intermediate_values) for t in searched) + committed
+        to_come = max(0, self.n_trials - full - len(searched))
+        if spent + to_come * self.rungs[0] > share * self.epochs * (self.n_trials - full):
+            return "spent"
+        return "over" if spent > share * self.epochs * len(searched) else "under"

@@ -7,7 +7,9 @@ JSON/YAML file.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -147,17 +149,19 @@ def create_optimizer(
         # loses to the per-tensor loop for large ones (bench/optimizer_step.py, 8 x 512x512: RMSprop 0.86x,
         # NAdam 0.82x of torch's default; 8 x 128x128: 1.30x, 1.20x).
         candidates = ["fused"]
-    for impl in candidates:
-        if impl == "default":
-            break
-        if impl not in named:
-            continue
-        try:
-            return cls(params, **kwargs, **{impl: True}), impl
-        except (RuntimeError, ValueError, TypeError):
-            continue
-    # The per-tensor loop, said outright: some classes (Lion's) take foreach=None to mean foreach on any device.
-    return cls(params, **kwargs, **({"foreach": False} if "foreach" in named else {})), "default"
+    # Some packages print as they construct (Prodigy: "Using decoupled weight decay"): not the user's terminal's.
+    with contextlib.redirect_stdout(io.StringIO()):
+        for impl in candidates:
+            if impl == "default":
+                break
+            if impl not in named:
+                continue
+            try:
+                return cls(params, **kwargs, **{impl: True}), impl
+            except (RuntimeError, ValueError, TypeError):
+                continue
+        # The per-tensor loop, said outright: some classes (Lion's) take foreach=None to mean foreach on any device.
+        return cls(params, **kwargs, **({"foreach": False} if "foreach" in named else {})), "default"
 
 
 @dataclass
