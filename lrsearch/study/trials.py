@@ -130,7 +130,8 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, objective: ObjectiveS
                                                                    objective.at)
             trial.set_user_attr("objective_epoch", outcome.value_epoch)
         state = "PRUNED" if outcome.stopped else "COMPLETE"
-    observers.trial_finishing(trial)
+    if not isinstance(error, KeyboardInterrupt):  # Ctrl-C, SIGTERM: end now, the mirror finds the run by number
+        observers.trial_finishing(trial)
     try:
         if state == "COMPLETE":
             study.tell(trial, outcome.value)
