@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,15 @@ STUDIES = REPO / "studies"
 
 
 def tiny_study(**changes: Any) -> dict[str, Any]:
-    """A digits study of a few 2-epoch trials: seconds on a CPU."""
+    """A digits study of a few 2-epoch trials: seconds on a CPU. One torch thread: ``train.threads: None`` (a study
+    file's default) would first time a few steps on 1 thread and on all cores, in every ``tune``; the tests of that
+    choice ask for it."""
     study: dict[str, Any] = {
         "name": "tiny",
         "task": "digits-mlp",
         "objective": {"metric": "val_loss", "direction": "minimize"},
         "budget": {"n_trials": 3, "epochs": 2},
-        "train": {"batch_size": 64, "device": "cpu", "seed": 0},
+        "train": {"batch_size": 64, "device": "cpu", "seed": 0, "threads": 1},
         "search": {"optimizers": ["adam", "momentum"]},
         "sampler": {"name": "tpe", "seed": 0},
         "pruner": {"name": "none"},
@@ -49,3 +52,23 @@ def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def storage(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, made once per session: a new store runs MLflow's schema migrations, which take
+    seconds (tens under load). Tests write to copies of it (:func:`mlflow_uri`), never to it."""
+    from mlflow import MlflowClient
+
+    directory = tmp_path_factory.mktemp("mlflow-store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(directory)  # MLflow's Default experiment keeps its artifacts under the current directory
+        MlflowClient(f"sqlite:///{directory / 'mlflow.db'}").search_experiments()
+    return directory / "mlflow.db"
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path, empty_mlflow_store: Path) -> str:
+    """This test's own MLflow tracking store, ``sqlite:///<tmp_path>/mlflow.db``: a copy of an empty migrated one."""
+    shutil.copyfile(empty_mlflow_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

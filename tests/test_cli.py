@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 from click.testing import CliRunner
 from conftest import tiny_study, write_study
 
@@ -39,6 +40,7 @@ def test_validate_ok_and_problems(tmp_path) -> None:
     assert "budget.n_trials" in out and "pruner.name" in out
 
 
+@pytest.mark.usefixtures("mlflow_uri")  # tune records to MLflow's default store, mlflow.db here: already migrated
 def test_tune_show_export_studies(tmp_path, storage) -> None:
     path = write_study(tmp_path, tiny_study())
     code, out, err = run("tune", str(path), "--storage", storage, "--no-progress", "--n-trials", "2")
@@ -130,11 +132,11 @@ def test_three_failed_trials_in_a_row_stop_the_study_in_one_line(tmp_path, stora
     assert {t.user_attrs["fail_reason"] for t in study.trials} == {"RuntimeError: a shape bug in the user's forward"}
 
 
-def test_lr_find_json_and_mlflow_run(tmp_path) -> None:
+def test_lr_find_json_and_mlflow_run(tmp_path, mlflow_uri) -> None:
     from mlflow import MlflowClient
 
     path = write_study(tmp_path, tiny_study())
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     code, out, err = run("lr-find", str(path), "--optimizer", "adam", "--optimizer", "sgd", "--steps", "60",
                          "--format", "json", "--tracking-uri", uri, "--plot", str(tmp_path / "lr.png"))
     assert code == 0, err
@@ -152,11 +154,11 @@ def test_lr_find_json_and_mlflow_run(tmp_path) -> None:
     assert [a.path for a in client.list_artifacts(run_.info.run_id)] == ["lr_find.png"]
 
 
-def test_tune_lr_range_auto_narrows_and_records_the_intervals(tmp_path, storage) -> None:
+def test_tune_lr_range_auto_narrows_and_records_the_intervals(tmp_path, storage, mlflow_uri) -> None:
     from mlflow import MlflowClient
 
     path = write_study(tmp_path, tiny_study(budget={"n_trials": 3, "epochs": 1}))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     code, _, err = run("tune", str(path), "--storage", storage, "--lr-range", "auto", "--tracking-uri", uri,
                        "--no-progress")
     assert code == 0, err

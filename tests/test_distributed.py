@@ -37,6 +37,18 @@ def digits() -> Prepared:
     return prepare(spec_from_dict(tiny_study()))
 
 
+QUADRATIC: dict[str, Any] = {"task": "quadratic", "search": {
+    "optimizers": ["adam", "momentum"], "adam": {"lr": {"low": 1e-4, "high": 1e-2}},
+    "momentum": {"lr": {"low": 1e-4, "high": 1e-2}}}}
+"""The quadratic, at learning rates it never diverges at, for the tests that start ranks again and again: a rank
+loads it seconds sooner than digits (no sklearn to import)."""
+
+
+@pytest.fixture(scope="module")
+def quadratic() -> Prepared:
+    return prepare(spec_from_dict(tiny_study(**QUADRATIC)))
+
+
 def _prepared(digits: Prepared, **changes: Any) -> Prepared:
     return dataclasses.replace(digits, spec=spec_from_dict(tiny_study(**changes)))
 
@@ -55,10 +67,10 @@ def _rank_log(path: Path) -> list[dict[str, Any]]:
 
 
 class _Observer:
-    """Records when each trial ended and in which state; subclasses act at an epoch."""
+    """Records the state each trial ended in; subclasses act at an epoch."""
 
     def __init__(self) -> None:
-        self.ended: dict[int, tuple[str, float]] = {}
+        self.ended: dict[int, str] = {}
 
     def study_started(self, study: Any, spec: Any) -> None: ...
 
@@ -69,7 +81,7 @@ class _Observer:
     def epoch_ended(self, trial: Any, epoch: Any) -> None: ...
 
     def trial_ended(self, trial: Any, state: str, outcome: Any, error: Any) -> None:
-        self.ended[trial.number] = (state, time.monotonic())
+        self.ended[trial.number] = state
 
     def study_ended(self, study: Any, error: Any = None) -> None: ...
 
@@ -120,16 +132,18 @@ def test_a_pruned_trial_stops_on_every_rank_at_the_same_epoch(storage: str, digi
     assert follower == [(1, 2, "pruned", 1), (2, 4, None, None)]
 
 
-def test_a_killed_rank_fails_its_trial_in_bounded_time_and_the_study_goes_on(storage: str, digits: Prepared) -> None:
-    rank_timeout = 10.0
-    prepared = _prepared(digits, budget={"n_trials": 2, "epochs": 2}, train={"rank_timeout": rank_timeout})
+def test_a_killed_rank_fails_its_trial_in_bounded_time_and_the_study_goes_on(storage: str,
+                                                                             quadratic: Prepared) -> None:
+    # A minute (the default): waited out, it would fail the trial with "Timed out"; a killed rank's connection
+    # closes at once, and that is what must fail the trial.
+    prepared = _prepared(quadratic, **QUADRATIC, budget={"n_trials": 2, "epochs": 2}, train={"rank_timeout": 60.0})
     opened = open_storage(storage)
     study = create_study(prepared.spec, opened, "ddp-kill")
 
     class KillFollower(_Observer):
         def epoch_ended(self, trial: Any, epoch: Any) -> None:
             if trial.number == 0 and epoch.epoch == 0:
-                self.killed, self.at = collective.follower_pids[0], time.monotonic()
+                self.killed = collective.follower_pids[0]
                 os.kill(self.killed, signal.SIGKILL)
 
     observer = KillFollower()
@@ -140,35 +154,39 @@ def test_a_killed_rank_fails_its_trial_in_bounded_time_and_the_study_goes_on(sto
     assert not _alive(observer.killed) and not _alive(replacement)
 
     assert [t.state for t in study.trials] == [State.FAIL, State.COMPLETE, State.COMPLETE]
-    state, ended = observer.ended[0]
-    assert state == "FAIL" and ended - observer.at < rank_timeout
-    assert study.trials[0].user_attrs["fail_reason"]
+    assert observer.ended[0] == "FAIL"
+    reason = study.trials[0].user_attrs["fail_reason"]
+    assert reason and "Timed out" not in reason, reason  # the dead rank's closed connection ended it
 
 
 @pytest.mark.slow
-def test_a_hung_rank_fails_its_trial_after_rank_timeout(storage: str, digits: Prepared) -> None:
-    rank_timeout = 5.0
-    prepared = _prepared(digits, budget={"n_trials": 1, "epochs": 2}, train={"rank_timeout": rank_timeout})
+def test_a_hung_rank_fails_its_trial_after_rank_timeout(storage: str, quadratic: Prepared) -> None:
+    # Short enough to wait out once, long enough that the restarted follower's first, cold collectives fit in it
+    # on a loaded machine (5 s did not, beside other work).
+    rank_timeout = 10.0
+    prepared = _prepared(quadratic, **QUADRATIC, budget={"n_trials": 1, "epochs": 2},
+                         train={"rank_timeout": rank_timeout})
     opened = open_storage(storage)
     study = create_study(prepared.spec, opened, "ddp-hang")
 
     class StopFollower(_Observer):
         def epoch_ended(self, trial: Any, epoch: Any) -> None:
             if trial.number == 0 and epoch.epoch == 0:
-                self.stopped, self.at = collective.follower_pids[0], time.monotonic()
+                self.stopped = collective.follower_pids[0]
                 os.kill(self.stopped, signal.SIGSTOP)  # alive but silent: only the timeout can catch it
 
     observer = StopFollower()
     with open_gang(prepared, 2) as collective:
         run_study(study, opened, prepared, [observer], collective)
-    state, ended = observer.ended[0]
-    assert state == "FAIL" and rank_timeout * 0.9 <= ended - observer.at < rank_timeout + 5
+    assert observer.ended[0] == "FAIL"
+    reason = study.trials[0].user_attrs["fail_reason"]
+    assert f"Timed out waiting {rank_timeout * 1000:.0f}ms" in reason, reason  # rank_timeout, and no other, caught it
     assert [t.state for t in study.trials] == [State.FAIL, State.COMPLETE]
     assert not _alive(observer.stopped)
 
 
-def test_an_interrupt_in_rank_0_leaves_no_follower(storage: str, digits: Prepared) -> None:
-    prepared = _prepared(digits, budget={"n_trials": 2, "epochs": 3})
+def test_an_interrupt_in_rank_0_leaves_no_follower(storage: str, quadratic: Prepared) -> None:
+    prepared = _prepared(quadratic, **QUADRATIC, budget={"n_trials": 2, "epochs": 3})
     opened = open_storage(storage)
     study = create_study(prepared.spec, opened, "ddp-interrupt")
 
@@ -193,7 +211,7 @@ def test_followers_die_with_their_parent(tmp_path: Path) -> None:
         from lrsearch.distributed.gang import open_gang
         from lrsearch.config.spec import spec_from_dict
         from lrsearch.training.prepared import prepare
-        with open_gang(prepare(spec_from_dict(tiny_study())), 2) as collective:
+        with open_gang(prepare(spec_from_dict(tiny_study(task="quadratic"))), 2) as collective:
             print(*collective.follower_pids, flush=True)
             time.sleep(600)
     """)
@@ -204,7 +222,7 @@ def test_followers_die_with_their_parent(tmp_path: Path) -> None:
     finally:
         parent.kill()  # SIGKILL: the parent runs no cleanup at all
         parent.wait()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # the kernel's parent-death signal is at once; a loaded machine reaps late
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in pids)
@@ -257,7 +275,8 @@ def test_under_torchrun_rank_0_drives_and_rank_1_follows(storage: str, tmp_path:
         from lrsearch.training.devices import torchrun_env
         from lrsearch.training.prepared import prepare_rank
         env = torchrun_env()
-        spec = spec_from_dict(tiny_study(budget={{"n_trials": 2, "epochs": 2}}, train={{"threads": 1}}))
+        spec = spec_from_dict(tiny_study(**{QUADRATIC!r}, budget={{"n_trials": 2, "epochs": 2}},
+                                         train={{"threads": 1}}))
         if env["rank"] != 0:
             print("followed", follow_torchrun(spec, env))
             sys.exit(0)
@@ -268,7 +287,7 @@ def test_under_torchrun_rank_0_drives_and_rank_1_follows(storage: str, tmp_path:
             run_study(study, opened, prepared, [], collective)
     """))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
                             env={**os.environ, RANK_LOG_ENV: str(tmp_path / "ranks.jsonl")})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "followed 2" in result.stdout

@@ -242,11 +242,11 @@ def test_transformers_misuse_is_one_clear_context_error(arguments: str, problem:
 # -- a study -----------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", list(FRAMEWORKS))
-def test_a_pruned_study_through_the_framework(framework: str, tmp_path: Path, storage: str) -> None:
+def test_a_pruned_study_through_the_framework(framework: str, tmp_path: Path, storage: str, mlflow_uri: str) -> None:
     """3 trials with successive halving (rung after 2 epochs): every trial COMPLETE or PRUNED, pruned ones stopped
     by the framework at the pruned epoch, every epoch in Optuna and MLflow, exports that rebuild the optimizer."""
     spec = framework_spec(tmp_path, framework, pruner={"name": "sha"}, sampler={"name": "random", "seed": 2})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     from lrsearch.tracking.tracker import MlflowTracker
 
     study, ran = lrsearch.study.tune.run_tune(spec, storage=storage, observers=[MlflowTracker(uri, None, storage)])

@@ -4,12 +4,15 @@ nothing. Real journal storage, real SQLite MLflow stores, real processes and sig
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import tiny_study, write_study
 from mlflow import MlflowClient
+from mlflow.entities import Run
 
 from lrsearch.cli import cli
 from lrsearch.study.budget import BUDGET_TAKEN
@@ -113,10 +117,10 @@ def _snapshot(client: MlflowClient) -> list:
     return out
 
 
-def test_sync_repairs_a_damaged_mirror_and_twice_changes_nothing(tmp_path) -> None:
+def test_sync_repairs_a_damaged_mirror_and_twice_changes_nothing(tmp_path, mlflow_uri) -> None:
     path = write_study(tmp_path, tiny_study(budget={"n_trials": 4, "epochs": 2}, sampler={"name": "random",
                                                                                           "seed": 1}))
-    storage, uri = str(tmp_path / "lrsearch.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage, uri = str(tmp_path / "lrsearch.journal"), mlflow_uri
     result = CliRunner().invoke(cli, ["tune", str(path), "--tracking-uri", uri, "--no-progress"])
     assert result.exit_code == 0, result.output
     study = assert_mirrors(storage, uri)
@@ -141,10 +145,10 @@ def test_sync_repairs_a_damaged_mirror_and_twice_changes_nothing(tmp_path) -> No
     assert _snapshot(client) == before
 
 
-def test_sync_of_a_study_never_tracked_creates_the_whole_mirror(tmp_path) -> None:
+def test_sync_of_a_study_never_tracked_creates_the_whole_mirror(tmp_path, mlflow_uri) -> None:
     path = write_study(tmp_path, tiny_study(budget={"n_trials": 3, "epochs": 1}))
     assert CliRunner().invoke(cli, ["tune", str(path), "--no-mlflow", "--no-progress"]).exit_code == 0
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri  # an empty store
     result = CliRunner().invoke(cli, ["sync", "tiny", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
     assert "(3 runs created, 0 repaired" in result.stdout
@@ -204,25 +208,35 @@ def _wait(process: subprocess.Popen, what: str, condition, timeout: float = 240,
 
 
 class _Study:
-    """One study that a run of ``tune`` after another extends by two trials, each killed at its own moment."""
+    """One study that each run of ``tune`` extends, each run killed (its whole process group) at its own moment.
 
-    def __init__(self, tmp_path: Path) -> None:
-        # Trials of a second or so (batch 4, no pruning), so that each kill lands inside the moment it aims at: a
-        # trial pruned after 2 of 6 epochs of batch 16 could end before the test stopped its tracking process.
-        spec = tiny_study(budget={"n_trials": 3, "epochs": 6}, train={"batch_size": 4, "seed": 0},
-                          search={"optimizers": ["adam", "momentum"]}, pruner={"name": "none"})
+    Every moment is an event seen in the storage or in MLflow; where the moment is a state that lasts only until
+    the next write (Optuna told, MLflow not), the test holds it: it takes SQLite's write lock on the MLflow store,
+    so the tracking process waits, while the tune process, which needs no more than the run id it already has,
+    goes on to tell Optuna."""
+
+    def __init__(self, tmp_path: Path, uri: str) -> None:
+        # Trials of about a second (batch 4, 6 epochs, no pruning, learning rates the quadratic never diverges at):
+        # the lock must be taken while the trial it aims at still trains, after its run was created. The quadratic
+        # and one thread: every process this test starts is at its first trial seconds sooner than with digits
+        # (sklearn's import) and a timing of threads.
+        spec = tiny_study(task="quadratic", budget={"n_trials": 3, "epochs": 6},
+                          train={"batch_size": 4, "seed": 0, "threads": 1}, pruner={"name": "none"},
+                          search={"optimizers": ["adam", "momentum"], "adam": {"lr": {"low": 1e-4, "high": 1e-2}},
+                                  "momentum": {"lr": {"low": 1e-4, "high": 1e-2}}})
         self.path = write_study(tmp_path, spec)
-        self.storage, self.uri = str(tmp_path / "lrsearch.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+        self.storage, self.uri, self.log = str(tmp_path / "lrsearch.journal"), uri, tmp_path / "tune.log"
         self.finished: dict[int, tuple[str, float | None]] = {}
         self.journal: optuna.storages.BaseStorage | None = None
 
-    def command(self, n_trials: int) -> list[str]:
-        return [sys.executable, "-m", "lrsearch", "tune", str(self.path), "--n-trials", str(n_trials),
-                "--tracking-uri", self.uri, "--no-progress"]
+    def arguments(self, n_trials: int) -> list[str]:
+        return ["tune", str(self.path), "--n-trials", str(n_trials), "--tracking-uri", self.uri, "--no-progress"]
 
     def start(self, n_trials: int) -> subprocess.Popen:
-        return subprocess.Popen(self.command(n_trials), start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        """``tune`` in a process group of its own, to be killed; what it says goes to ``tune.log``."""
+        with open(self.log, "a") as log:
+            return subprocess.Popen([sys.executable, "-m", "lrsearch", *self.arguments(n_trials)],
+                                    start_new_session=True, stdout=log, stderr=log)
 
     def trials(self) -> list[optuna.trial.FrozenTrial]:
         if self.journal is None and os.path.exists(self.storage):  # one reader, which reads only what is new
@@ -234,26 +248,64 @@ class _Study:
         except KeyError:
             return []
 
+    def trial(self, number: int) -> optuna.trial.FrozenTrial:
+        return next(t for t in self.trials() if t.number == number)
+
     def done(self) -> int:
         return sum(t.state in (State.COMPLETE, State.PRUNED) for t in self.trials())
 
-    def run_of(self, number: int) -> bool:
-        """Trial ``number``'s run exists with its params (the tracking process has answered its start)."""
+    def mid_trial(self) -> int | None:
+        """The trial that is mid-way (epochs reported, not finished) once one has finished, if any."""
+        trials = self.trials()
+        if not any(t.state in (State.COMPLETE, State.PRUNED) for t in trials):
+            return None
+        return next((t.number for t in trials if t.state == State.RUNNING and t.intermediate_values), None)
+
+    def run(self, number: int) -> Run | None:
+        """Trial ``number``'s run, None before the tracking process created it."""
         try:
             client = MlflowClient(self.uri)
             runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
                                       f"tags.`optuna.trial_number` = '{number}'")
         except Exception:
-            return False
-        return bool(runs) and bool(runs[0].data.params)
+            return None
+        return runs[0] if runs else None
+
+    def created(self, number: int) -> bool:
+        """Trial ``number``'s run exists with its params: the tracking process sends tune the run id next."""
+        run = self.run(number)
+        return run is not None and bool(run.data.params)
+
+    @contextlib.contextmanager
+    def mlflow_locked(self) -> Iterator[None]:
+        """Hold SQLite's write lock on the MLflow store: the tracking process waits at its next write (MLflow's busy
+        timeout, 20 s, and lrsearch's retries); reading goes on."""
+        database = sqlite3.connect(urlparse(self.uri).path, timeout=60, isolation_level=None)
+        try:
+            database.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            database.execute("ROLLBACK")
+            database.close()
+
+    def stop_when(self, process: subprocess.Popen, what: str, condition) -> None:
+        """Stop the whole group at a moment ``condition`` holds, outside a write to the journal (a kill inside one
+        leaves Optuna's lock file, which the next process waits 30 s to break)."""
+        while True:
+            _wait(process, what, condition)
+            os.killpg(process.pid, signal.SIGSTOP)
+            if condition() and not os.path.lexists(self.storage + ".lock"):  # nothing moves while we look
+                return
+            os.killpg(process.pid, signal.SIGCONT)
 
     def kill(self, process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)  # tune, its tracking process and all: nothing cleans up
         process.wait()
 
     def rerun(self, n_trials: int) -> str:
-        result = subprocess.run(self.command(n_trials), capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr
+        """The same ``tune`` once more, run to its end (here, in this process: it is not killed)."""
+        result = CliRunner().invoke(cli, self.arguments(n_trials))
+        assert result.exit_code == 0, result.output
         return result.stdout
 
     def sync(self) -> str:
@@ -270,56 +322,53 @@ class _Study:
 
 
 @pytest.mark.slow
-def test_a_kill_of_the_whole_group_at_any_moment_is_repaired_by_one_rerun_or_one_sync(tmp_path) -> None:
-    study = _Study(tmp_path)
+def test_a_kill_of_the_whole_group_at_any_moment_is_repaired_by_one_rerun_or_one_sync(tmp_path, mlflow_uri) -> None:
+    study = _Study(tmp_path, mlflow_uri)
 
-    # 1. Inside a trial (epochs reported, not finished); one rerun.
+    # 1. Inside a trial (epochs reported, not finished), after one finished; one rerun.
     process = study.start(3)
-    _wait(process, "a trial mid-way", lambda: study.done() >= 1 and any(
-        t.state == State.RUNNING and len(t.intermediate_values) >= 2 for t in study.trials()))
-    killed = next(t.number for t in study.trials() if t.state == State.RUNNING)
+    study.stop_when(process, "a trial mid-way", lambda: study.mid_trial() is not None)
+    killed = study.mid_trial()
     study.kill(process)
     study.rerun(3)
-    assert next(t for t in study.trials() if t.number == killed).state == State.FAIL
+    assert study.trial(killed).state == State.FAIL
     assert any(t.system_attrs.get("failed_trial") == killed for t in study.trials())  # its parameters retried
     study.check()
 
-    # 2. Between Optuna's tell and the MLflow write, at the study's last trial; one sync.
+    # 2. Between Optuna's tell and the MLflow write, at the run's last trial; one sync. The second trial of the run:
+    # the first one trains while the tracking process reconciles MLflow with the study.
+    last = len(study.trials()) + 1
     process = study.start(5)
-    tracking = _tracking_process(process.pid)
-    last = max(t.number for t in study.trials()) + 2  # the second trial this run asks for
-    _wait(process, f"trial {last}'s run", lambda: study.run_of(last), every=0.1)
-    time.sleep(0.3)  # the tracking process sends the run id right after writing the params
-    os.kill(tracking, signal.SIGSTOP)  # it writes nothing more: Optuna is told, MLflow is not
-    _wait(process, f"trial {last} told", lambda: study.done() == 5)
-    study.kill(process)
-    run = next(r for r in _runs(MlflowClient(study.uri)) if r.info.run_name == f"trial-{last}")
-    assert run.info.status == "RUNNING" and "val_loss" not in run.data.metrics  # MLflow was behind
+    _wait(process, f"trial {last}'s run", lambda: study.created(last), every=0.05)
+    with study.mlflow_locked():  # tune has all it needs from the tracking process: the run id
+        assert study.run(last).info.status == "RUNNING", "the trial ended before the test could hold MLflow back"
+        study.stop_when(process, f"trial {last} told", lambda: study.done() == 5)
+        study.kill(process)
+    run, trial = study.run(last), study.trial(last)
+    assert trial.state == State.COMPLETE
+    assert run.info.status == "RUNNING" and run.data.tags["state"] == "RUNNING"  # MLflow was behind
+    history = MlflowClient(study.uri).get_metric_history(run.info.run_id, "val_loss")
+    assert len(history) < len(trial.intermediate_values)
     assert "matches its" in study.sync()
     study.check()
 
-    # 3. While the end of the study's artifacts are written (best configuration written, plots not yet); one sync.
-    process = study.start(7)
-    tracking = _tracking_process(process.pid)
+    # 3. After the last trial, while the study's last artifacts are written (best configuration written, plots not
+    # yet); one rerun, of a study that is finished (issue 14: such a rerun said "finished" and left it all RUNNING).
     client = MlflowClient(study.uri)
     parent = load_study("tiny", study.storage).user_attrs[PARENT_ATTR]
     artifacts = Path(urlparse(client.get_run(parent).info.artifact_uri).path)
-    best_mtime = (artifacts / "best_optimizer.json").stat().st_mtime
-    _wait(process, "best_optimizer.json rewritten", lambda: (
-        artifacts / "best_optimizer.json").stat().st_mtime != best_mtime and study.done() == 7, every=0.01)
+    best = artifacts / "best_optimizer.json"
+    written = best.stat().st_mtime_ns
+    process = study.start(6)
+    tracking = _tracking_process(process.pid)
+    _wait(process, "best_optimizer.json rewritten", lambda: best.stat().st_mtime_ns != written, every=0.005)
     os.kill(tracking, signal.SIGSTOP)
-    plots = {p.name: p.stat().st_mtime for p in (artifacts / "plots").iterdir()}
-    assert min(plots.values()) < (artifacts / "best_optimizer.json").stat().st_mtime  # plots not yet redrawn
+    assert study.done() == 6
+    plots = [p.stat().st_mtime_ns for p in (artifacts / "plots").iterdir()]
+    assert max(plots) < best.stat().st_mtime_ns, "the plots were redrawn before the test stopped the writer"
     study.kill(process)
     assert client.get_run(parent).info.status == "RUNNING"
-    study.sync()
-    study.check()
-
-    # 4. Right after the last trial (the report of issue 14: a rerun said "finished" and left it all RUNNING).
-    process = study.start(9)
-    _wait(process, "the last trial told", lambda: study.done() == 9)
-    study.kill(process)
-    assert "is finished" in study.rerun(9)
+    assert "is finished" in study.rerun(6)
     study.check()
     before = _snapshot(MlflowClient(study.uri))
     assert "(nothing to change)" in study.sync()

@@ -32,11 +32,11 @@ def digits() -> tuple:
 
 
 @pytest.mark.slow
-def test_a_bf16_study_trains_is_tracked_and_exports_its_precision(tmp_path) -> None:
+def test_a_bf16_study_trains_is_tracked_and_exports_its_precision(tmp_path, mlflow_uri) -> None:
     study_file = write_study(tmp_path, tiny_study(train={"precision": "bf16"}, budget={"n_trials": 2, "epochs": 2},
                                                   search={"optimizers": ["adam"],
                                                           "adam": {"lr": {"low": 1e-3, "high": 3e-3}}}))
-    storage, uri = f"sqlite:///{tmp_path / 'lrsearch.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage, uri = f"sqlite:///{tmp_path / 'lrsearch.db'}", mlflow_uri
     result = CliRunner().invoke(cli, ["tune", str(study_file), "--storage", storage, "--tracking-uri", uri,
                                       "--no-progress"])
     assert result.exit_code == 0, result.output

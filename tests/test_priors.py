@@ -7,8 +7,9 @@ import random
 
 import pytest
 
+from lrsearch.config.presets import PRESETS, Range
 from lrsearch.config.priors import TEXTBOOK, RelativeSpace, coordinates, fit_to_space, portfolio
-from lrsearch.config.search_space import PRESETS, Range, SearchSpace
+from lrsearch.config.search_space import SearchSpace
 
 DEFAULT = SearchSpace(("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"), ("constant", "cosine"),
                       param_names="relative")

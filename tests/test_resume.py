@@ -10,22 +10,38 @@ import time
 
 import optuna
 import pytest
+from click.testing import CliRunner
 from conftest import tiny_study, write_study
 from mlflow import MlflowClient
 
+from lrsearch.cli import cli
+
 pytestmark = pytest.mark.slow
 State = optuna.trial.TrialState
+EPOCHS = 8
 
 
-def _study(tmp_path, n_trials: int):
-    spec = tiny_study(budget={"n_trials": n_trials, "epochs": 8}, train={"batch_size": 16, "seed": 0},
-                      search={"optimizers": ["adam", "momentum"]})
+def _study(tmp_path, n_trials: int, uri: str):
+    # The quadratic and one thread: each tune process is at its first trial seconds sooner than with digits
+    # (sklearn's import) and a timing of threads; learning rates it never diverges at.
+    spec = tiny_study(task="quadratic", budget={"n_trials": n_trials, "epochs": EPOCHS},
+                      train={"batch_size": 16, "seed": 0, "threads": 1},
+                      search={"optimizers": ["adam", "momentum"], "adam": {"lr": {"low": 1e-4, "high": 1e-2}},
+                              "momentum": {"lr": {"low": 1e-4, "high": 1e-2}}})
     path = write_study(tmp_path, spec)
     storage = f"sqlite:///{tmp_path / 'lrsearch.db'}"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    command = [sys.executable, "-m", "lrsearch", "tune", str(path), "--storage", storage, "--tracking-uri", uri,
-               "--no-progress"]
-    return command, storage, uri
+    return ["tune", str(path), "--storage", storage, "--tracking-uri", uri, "--no-progress"], storage
+
+
+def _start(arguments: list[str], **kwargs) -> subprocess.Popen:
+    """``tune`` in a process of its own, to be stopped, killed or interrupted."""
+    return subprocess.Popen([sys.executable, "-m", "lrsearch", *arguments], start_new_session=True, **kwargs)
+
+
+def _resume(arguments: list[str]) -> None:
+    """``tune`` once more, to its end (in this process: nothing stops it)."""
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 0, result.output
 
 
 def _trials(storage: str) -> list[optuna.trial.FrozenTrial]:
@@ -35,38 +51,47 @@ def _trials(storage: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def _wait_mid_trial(process: subprocess.Popen, storage: str, seen: set[int], min_complete: int = 0) -> int:
-    """Wait until this process is in the middle of a trial it started (epochs reported, not finished)."""
-    deadline = time.monotonic() + 180
+def _mid_trial(storage: str, seen: set[int], min_complete: int) -> int | None:
+    """A trial in its epochs (one reported at least, one to come at least: not in its end), none of ``seen``, once
+    ``min_complete`` trials have finished."""
+    trials = _trials(storage)
+    if sum(t.state in (State.COMPLETE, State.PRUNED) for t in trials) < min_complete:
+        return None
+    return next((t.number for t in trials if t.state == State.RUNNING and t.number not in seen
+                 and 0 < len(t.intermediate_values) < EPOCHS), None)
+
+
+def _stop_mid_trial(process: subprocess.Popen, storage: str, seen: set[int], min_complete: int = 0) -> int:
+    """Stop this process (SIGSTOP) in the middle of a trial it started; returns the trial's number. The storage is
+    read again once the process is stopped, so the trial is still mid-way when the caller kills or signals it."""
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert process.poll() is None, f"tune exited early with {process.returncode}"
-        trials = _trials(storage)
-        complete = sum(t.state in (State.COMPLETE, State.PRUNED) for t in trials)
-        for t in trials:
-            if t.state == State.RUNNING and t.number not in seen and t.intermediate_values and complete >= min_complete:
-                return t.number
-        time.sleep(0.1)
-    pytest.fail("no trial started within 180 s")
+        if _mid_trial(storage, seen, min_complete) is not None:
+            process.send_signal(signal.SIGSTOP)
+            number = _mid_trial(storage, seen, min_complete)
+            if number is not None:
+                return number
+            process.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    pytest.fail("no trial mid-way within 300 s")
 
 
-def test_kill_9_three_times_then_resume_loses_nothing(tmp_path) -> None:
-    command, storage, uri = _study(tmp_path, n_trials=6)
+def test_kill_9_three_times_then_resume_loses_nothing(tmp_path, mlflow_uri) -> None:
+    arguments, storage = _study(tmp_path, n_trials=6, uri=mlflow_uri)
+    uri = mlflow_uri
     finished_before: dict[int, float] = {}
     interrupted: set[int] = set()
     for kill in range(3):
-        process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
-        number = _wait_mid_trial(process, storage, interrupted, min_complete=1 if kill == 0 else 0)
-        os.kill(process.pid, signal.SIGKILL)
+        process = _start(arguments, stdout=subprocess.DEVNULL)
+        interrupted.add(_stop_mid_trial(process, storage, interrupted, min_complete=1 if kill == 0 else 0))
+        os.kill(process.pid, signal.SIGKILL)  # tune alone: its tracking process sees it go
         process.wait()
-        trials = _trials(storage)
-        # A trial told between our look and the kill is finished, not interrupted: a loaded machine can do that.
-        interrupted.update(t.number for t in trials if t.number == number and t.state == State.RUNNING)
-        finished_before.update({t.number: t.value for t in trials if t.state == State.COMPLETE})
+        finished_before.update({t.number: t.value for t in _trials(storage) if t.state == State.COMPLETE})
     assert finished_before, "the first run should have completed a trial before it was killed"
-    assert interrupted, "no kill landed inside a trial"
+    assert len(interrupted) == 3
 
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
+    _resume(arguments)
     trials = _trials(storage)
     assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in trials) == 6
     by_number = {t.number: t for t in trials}
@@ -88,13 +113,14 @@ def test_kill_9_three_times_then_resume_loses_nothing(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_and_sigterm_fail_the_running_trial_close_runs_and_resume(tmp_path, signum, code) -> None:
-    command, storage, uri = _study(tmp_path, n_trials=3)
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
-    number = _wait_mid_trial(process, storage, set())
-    process.send_signal(signum)
-    _, err = process.communicate(timeout=120)
+def test_ctrl_c_and_sigterm_fail_the_running_trial_close_runs_and_resume(tmp_path, mlflow_uri, signum, code) -> None:
+    arguments, storage = _study(tmp_path, n_trials=3, uri=mlflow_uri)
+    uri = mlflow_uri
+    process = _start(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    number = _stop_mid_trial(process, storage, set())
+    process.send_signal(signum)  # pending until it runs again, in the middle of the trial
+    process.send_signal(signal.SIGCONT)
+    _, err = process.communicate(timeout=300)
     assert process.returncode == code, err
     assert err.strip().splitlines()[-1] in ("error: interrupted", "error: terminated")
     trial = next(t for t in _trials(storage) if t.number == number)
@@ -104,8 +130,7 @@ def test_ctrl_c_and_sigterm_fail_the_running_trial_close_runs_and_resume(tmp_pat
     statuses = {r.info.run_name: r.info.status for r in runs}
     assert statuses[f"trial-{number}"] == "FAILED" and statuses["tiny"] == "KILLED"
 
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
+    _resume(arguments)
     assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in _trials(storage)) == 3
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert all(r.info.status != "RUNNING" for r in runs)

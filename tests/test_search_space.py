@@ -3,7 +3,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from lrsearch.config.search_space import PRESETS, Range, SearchSpace, log_grid, torch_kwargs
+from lrsearch.config.presets import PRESETS, Range, torch_kwargs
+from lrsearch.config.search_space import SearchSpace, log_grid
 
 
 def _sample(space: SearchSpace, seed: int = 0, n: int = 30) -> list[tuple[optuna.trial.FrozenTrial, dict]]:

@@ -155,7 +155,7 @@ def _children(pid: int, marker: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_killed_tracking_process_costs_no_trial_and_one_sync_brings_mlflow_level(tmp_path) -> None:
+def test_a_killed_tracking_process_costs_no_trial_and_one_sync_brings_mlflow_level(tmp_path, mlflow_uri) -> None:
     import os
     import signal
     import subprocess
@@ -163,7 +163,7 @@ def test_a_killed_tracking_process_costs_no_trial_and_one_sync_brings_mlflow_lev
     import time
 
     path = write_study(tmp_path, tiny_study(budget={"n_trials": 6, "epochs": 4}, train={"batch_size": 16}))
-    storage, uri = str(tmp_path / "lrsearch.journal"), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage, uri = str(tmp_path / "lrsearch.journal"), mlflow_uri
     tune = subprocess.Popen([sys.executable, "-m", "lrsearch", "tune", str(path), "--storage", storage,
                              "--tracking-uri", uri, "--no-progress"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

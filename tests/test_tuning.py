@@ -14,7 +14,7 @@ State = optuna.trial.TrialState
 
 
 def test_a_study_runs_its_budget_and_records_every_trial(storage: str) -> None:
-    study = tune(tiny_study(), storage=storage)
+    study = tune(tiny_study(train={"threads": None}), storage=storage)  # a study file's default: threads timed
     assert len(study.trials) == 3
     for trial in study.trials:
         assert trial.state == State.COMPLETE

@@ -54,8 +54,11 @@ def _api(base: str, path: str, body: dict | None = None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def directory(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ui")
+def directory(tmp_path_factory, empty_mlflow_store) -> Path:
+    """The module's directory, with an empty MLflow store (mlflow.db) already migrated."""
+    made = tmp_path_factory.mktemp("ui")
+    shutil.copyfile(empty_mlflow_store, made / "mlflow.db")
+    return made
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import lrsearch.study.tune
 from lrsearch.cli import cli
 from lrsearch.config.search_space import flat_params
 from lrsearch.config.spec import StudySpec, spec_from_dict
-from lrsearch.errors import LrsearchError, SpecError, TaskError
+from lrsearch.errors import LrsearchError, TaskError
 from lrsearch.tracking.tracker import MlflowTracker
 from lrsearch.training.function_mode import (
     ContextError,
