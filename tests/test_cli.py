@@ -45,7 +45,16 @@ def test_tune_show_export_studies(tmp_path, storage) -> None:
     path = write_study(tmp_path, tiny_study())
     code, out, err = run("tune", str(path), "--storage", storage, "--no-progress", "--n-trials", "2")
     assert code == 0, err
-    assert "top trials of tiny" in out and '"torch_class": "torch.optim.' in out
+    assert "top trials of tiny" in out
+    # The end is the answer in three lines (the whole export is `lrsearch export`'s), here a study too small to
+    # confirm: its best trial, one run on one seed.
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    answer = out.strip().splitlines()[-3:]
+    assert answer[0].startswith(f"answer: {study.best_trial.params['optimizer']} ")
+    assert answer[0].endswith(f"(trial {study.best_trial.number})")
+    assert f"val_loss {study.best_value:.4g} (one run, seed 0" in answer[1]
+    assert answer[2].strip() == "export it: lrsearch export tiny -o best.json"
+    assert '"torch_class"' not in out
 
     code, out, _ = run("show", "tiny", "--storage", storage, "--format", "json")
     shown = json.loads(out)
