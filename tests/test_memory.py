@@ -111,8 +111,9 @@ def test_an_out_of_memory_trial_fails_and_the_next_one_completes(tmp_path: Path)
     fits = optuna.load_study(study_name="fits-after-oom", storage=storage).trials
     assert [(t.state, t.params["optimizer"]) for t in fits] == [(State.FAIL, "adam"), (State.COMPLETE, "sgd")]
     assert fits[0].user_attrs["fail_reason"] == "out of memory"
-    # Its own weights and gradients, in memory Adam's trial gave back.
-    assert fits[1].user_attrs["peak_memory_mb"] >= 2 * weights_mb
+    # Its own weights and gradients, in memory Adam's trial gave back (the peak is counted in resident pages, a few
+    # percent of which the allocator may still hold from before the trial: the tolerance of the PeakMemory test).
+    assert fits[1].user_attrs["peak_memory_mb"] >= 0.95 * 2 * weights_mb
     assert "fits-after-oom" not in stopped
 
     failed = optuna.load_study(study_name="all-oom", storage=storage).trials
