@@ -50,11 +50,15 @@ class Arm:
 
 ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("lrsearch", note="lrsearch's default: no sampler or pruner written in the study file"),
-    Arm("lrsearch-no-confirm", search={"confirm": "none"}, note="the default with confirmation off"),
+    Arm("lrsearch-no-confirm", search={"confirm": "none"},
+        note="confirmation off, written in the study file (the default since 2026-12-02: the same trials)"),
+    Arm("lrsearch-confirm-2x1", search={"confirm": {"configs": 2, "seeds": 1}},
+        note="the default confirming its 2 best configurations on 1 new seed each (confirm: auto; the default "
+             "until 2026-12-02)"),
     Arm("lrsearch-confirm-3x1", search={"confirm": {"configs": 3, "seeds": 1}},
-        note="the default confirming its 3 best configurations on 1 new seed each (auto: 2 on 1)"),
+        note="the default confirming its 3 best configurations on 1 new seed each"),
     Arm("lrsearch-confirm-1x2", search={"confirm": {"configs": 1, "seeds": 2}},
-        note="the default confirming its best configuration on 2 new seeds (auto: 2 configurations on 1)"),
+        note="the default confirming its best configuration on 2 new seeds"),
     Arm("tuned-adamw", search={"optimizers": ["adamw"]},
         note="the default search restricted to AdamW: what a user who tunes only AdamW gets (family tasks)"),
     Arm("random", sampler="random", pruner="none", n_trials=100, baseline=True, views=(25, 100),
@@ -70,12 +74,12 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("prior-no-pruning", sampler="prior", pruner="none",
         note="ablation: the default's sampler and portfolio, no pruning (what the halving pruner costs and saves)"),
 ]}
-DEFAULT_ARMS = ("lrsearch", "lrsearch-no-confirm", "lrsearch-confirm-3x1", "lrsearch-confirm-1x2", "random",
+DEFAULT_ARMS = ("lrsearch", "lrsearch-confirm-2x1", "lrsearch-confirm-3x1", "lrsearch-confirm-1x2", "random",
                 "textbook", "optuna-oob", "syne-tune-asha")
 """What ``run.py`` runs on the base tasks unless ``--arms`` says otherwise; the two ablations stay selectable."""
-QUICK_ARMS = ("lrsearch", "lrsearch-no-confirm", "random", "textbook", "optuna-oob", "syne-tune-asha")
-"""``run.py --quick``: the arms of issue 23's targets, without the other confirmation settings."""
-FAMILY_ARMS = ("lrsearch", "tuned-adamw", "lrsearch-no-confirm", "random", "textbook")
+QUICK_ARMS = ("lrsearch", "lrsearch-confirm-2x1", "random", "textbook", "optuna-oob", "syne-tune-asha")
+"""``run.py --quick``: the arms of issue 23's targets, with one confirmation setting (``auto``'s)."""
+FAMILY_ARMS = ("lrsearch", "tuned-adamw", "random", "textbook")
 """What ``run.py`` runs on the family tasks (``search_tasks.FAMILY_TASKS``) unless ``--arms`` says otherwise: the
 default against tuned AdamW (issue 22), with random@25 and the textbook (one per family) as the yardsticks."""
 

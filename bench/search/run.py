@@ -2,9 +2,9 @@
 arm's returned configuration is worth when a user retrains it on a new seed (issue 23), on tasks where the
 optimizer choice matters, over many seeds.
 
-Arms (``arms.py``): lrsearch's default (the study file names no sampler or pruner, so it confirms its 2 best
-configurations on 1 new seed), the default without confirmation (``search: {confirm: none}``) and with the other
-confirmation settings (3 configurations x 1 seed, 1 x 2), random search (one run of 100 trials: random@25 and
+Arms (``arms.py``): lrsearch's default (the study file names no sampler or pruner; it confirms nothing), the
+default with confirmation settings (2 configurations x 1 new seed, ``confirm: auto``'s and the default until
+2026-12-02; 3 x 1; 1 x 2), random search (one run of 100 trials: random@25 and
 random@100), the textbook configurations run once each, Optuna out of the box (TPE + Hyperband) and Syne Tune's
 ASHA where ``syne_tune`` is installed. Every arm trains through lrsearch's own trainer and study loop, on Optuna's
 in-memory storage. Seed s is the sampler's seed and the training seed (initial weights, shuffles). Then each arm's
