@@ -149,10 +149,10 @@ class Confirm(_Strict):
 
 
 AUTO_CONFIRM = Confirm(configs=2, seeds=1)
-"""``confirm: auto`` with the prior sampler. Not the default: on the search bench (2026-12-02, 7 tasks x 3 seeds),
+"""``confirm: auto`` with the prior sampler. Not the default: on the search bench (2026-12-02, 7 tasks x 10 seeds),
 confirming inside the budget of half the epochs of ``n_trials`` full trials left the searched trials too few epochs
-to go past their first rung, and the retrained answer was worse than without confirming on 4 of 7 tasks, better
-on 2 (seed by seed: 2 wins, 10 losses, 10 ties; see README, "How the search works")."""
+to go past their first rung, and the retrained answer was worse than without confirming on 5 of 7 tasks, better
+on 2 (seed by seed: 9 wins, 36 losses, 25 ties; see README, "How the search works")."""
 CONFIRM_MIN_TRIALS = 20
 """``confirm: auto`` confirms only in a study of at least this many trials: a smaller one has no search to guard."""
 
