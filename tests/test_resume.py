@@ -19,6 +19,10 @@ from lrsearch.cli import cli
 pytestmark = pytest.mark.slow
 State = optuna.trial.TrialState
 EPOCHS = 8
+KILL_TRIALS, SIGNAL_TRIALS = 12, 20
+"""Trials of a study that is killed three times, and of one interrupted once: far more than the stops need, so that a
+tune on a loaded machine, whose storage reads are slow, cannot finish every trial before a poll catches one
+mid-way (with 3 trials it did, once in 5 runs beside a busy process)."""
 
 
 def _study(tmp_path, n_trials: int, uri: str):
@@ -78,7 +82,7 @@ def _stop_mid_trial(process: subprocess.Popen, storage: str, seen: set[int], min
 
 
 def test_kill_9_three_times_then_resume_loses_nothing(tmp_path, mlflow_uri) -> None:
-    arguments, storage = _study(tmp_path, n_trials=6, uri=mlflow_uri)
+    arguments, storage = _study(tmp_path, n_trials=KILL_TRIALS, uri=mlflow_uri)
     uri = mlflow_uri
     finished_before: dict[int, float] = {}
     interrupted: set[int] = set()
@@ -93,7 +97,7 @@ def test_kill_9_three_times_then_resume_loses_nothing(tmp_path, mlflow_uri) -> N
 
     _resume(arguments)
     trials = _trials(storage)
-    assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in trials) == 6
+    assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in trials) == KILL_TRIALS
     by_number = {t.number: t for t in trials}
     for number, value in finished_before.items():
         assert by_number[number].state == State.COMPLETE and by_number[number].value == value
@@ -114,7 +118,7 @@ def test_kill_9_three_times_then_resume_loses_nothing(tmp_path, mlflow_uri) -> N
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_and_sigterm_fail_the_running_trial_close_runs_and_resume(tmp_path, mlflow_uri, signum, code) -> None:
-    arguments, storage = _study(tmp_path, n_trials=3, uri=mlflow_uri)
+    arguments, storage = _study(tmp_path, n_trials=SIGNAL_TRIALS, uri=mlflow_uri)
     uri = mlflow_uri
     process = _start(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     number = _stop_mid_trial(process, storage, set())
@@ -131,6 +135,6 @@ def test_ctrl_c_and_sigterm_fail_the_running_trial_close_runs_and_resume(tmp_pat
     assert statuses[f"trial-{number}"] == "FAILED" and statuses["tiny"] == "KILLED"
 
     _resume(arguments)
-    assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in _trials(storage)) == 3
+    assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in _trials(storage)) == SIGNAL_TRIALS
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert all(r.info.status != "RUNNING" for r in runs)
