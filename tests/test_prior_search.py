@@ -14,7 +14,9 @@ from optuna.trial import TrialState, create_trial
 
 from lrsearch.config.priors import RelativeSpace
 from lrsearch.config.search_space import SearchSpace
+from lrsearch.config.spec import spec_from_dict
 from lrsearch.study.prior_search import PORTFOLIO_ATTR, HalvingPruner, PriorSampler
+from lrsearch.study.storage import create_study
 from lrsearch.study.tune import tune
 
 SPACE = SearchSpace(("sgd", "momentum", "adam", "adamw"), ("constant", "cosine"), param_names="relative")
@@ -118,6 +120,25 @@ def test_halving_keeps_only_a_rungs_best_while_the_searched_trials_are_over_thei
     # With 10 trials the same 24 epochs are the study's whole share: not even the best goes on (the study keeps to
     # half its full epochs, confirmations and portfolio included).
     assert _pruned(pruner, portfolio + spendthrift, [1.5, 1.1])
+    # Given the epochs of all 10 full trials (epoch_budget 1), the best third goes on again.
+    assert not _pruned(HalvingPruner(epochs=8, n_trials=10, epoch_budget=1.0), portfolio + spendthrift, [1.5, 1.1])
+
+
+def test_the_study_files_settings_set_the_samplers_shares_and_the_pruners_rungs_and_epochs() -> None:
+    spec = spec_from_dict(tiny_study(sampler={"name": "prior", "prior_share": 0.0, "uniform_share": 1.0},
+                                     pruner={"name": "halving", "epoch_budget": 1.0, "first_rung": 1 / 3},
+                                     budget={"n_trials": 10, "epochs": 12}))
+    study = create_study(spec, optuna.storages.InMemoryStorage(), "settings", queue=False)
+    assert (study.sampler.prior_share, study.sampler.uniform_share) == (0.0, 1.0)
+    assert (study.pruner.rungs, study.pruner.epoch_budget) == ([4, 8], 1.0)
+    # Uniform draws cover the lr range where the default's stay near the best trials.
+    lr = {name: [t.params["lr_scale"] for t in _study(0, PriorSampler(RelativeSpace(SPACE).distributions(), seed=0,
+                                                                      **shares)).trials[1:]]
+          for name, shares in {"uniform": {"prior_share": 0.0, "uniform_share": 1.0}, "default": {}}.items()}
+    low, high = RelativeSpace(SPACE).lr_scale
+    assert min(lr["uniform"]) < low + (high - low) / 10 and max(lr["uniform"]) > high - (high - low) / 10
+    spread = {name: statistics.fmean(abs(x - 0.5) for x in values) for name, values in lr.items()}
+    assert spread["uniform"] > 2 * spread["default"]
 
 
 def test_a_default_study_runs_the_portfolio_first_and_prunes_only_at_its_rungs(storage: str) -> None:

@@ -84,3 +84,27 @@ def test_settings_function_mode_cannot_honour_are_study_file_problems(train: dic
     with pytest.raises(SpecError) as error:
         spec_from_dict(tiny_study(task={"function": "user_loop:train"}, train=train, search=search))
     assert len(error.value.problems) == 1 and error.value.problems[0].startswith(problem)
+
+
+def test_the_default_samplers_and_pruners_settings_are_checked_and_belong_to_them() -> None:
+    spec = spec_from_dict(tiny_study(sampler={"name": "prior", "uniform_share": 0.25},
+                                     pruner={"name": "halving", "epoch_budget": 1.0, "first_rung": 1 / 3}))
+    assert spec.sampler.options() == {"uniform_share": 0.25}
+    assert spec.pruner.options() == {"epoch_budget": 1.0, "first_rung": 1 / 3}
+    assert spec_from_dict(tiny_study()).pruner.options() == {}  # none given: the defaults
+    bad = tiny_study(sampler={"name": "tpe", "prior_share": 0.5}, pruner={"name": "median", "keep": 0.5})
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(bad)
+    assert info.value.problems == [
+        "sampler: prior_share: a setting of the prior sampler only (sampler.name is 'tpe')",
+        "pruner: keep: a setting of the halving pruner only (pruner.name is 'median')"]
+    for section, settings, problem in [
+            ("sampler", {"prior_share": 0.9, "uniform_share": 0.2}, "sampler: prior_share + uniform_share must be"),
+            ("sampler", {"uniform_share": 0.8}, "sampler: prior_share + uniform_share must be <= 1 (got 0.25 + 0.8)"),
+            ("pruner", {"epoch_budget": 0}, "pruner.epoch_budget: input should be greater than 0"),
+            ("pruner", {"first_rung": 0.7}, "pruner.first_rung: input should be less than or equal to 0.5"),
+            ("pruner", {"keep": 1}, "pruner.keep: input should be less than 1")]:
+        with pytest.raises(SpecError) as info:
+            name = {"sampler": "prior", "pruner": "halving"}[section]
+            spec_from_dict(tiny_study(**{section: {"name": name, **settings}}))
+        assert info.value.problems[0].startswith(problem), info.value.problems

@@ -20,13 +20,12 @@ from pydantic import (
     model_validator,
 )
 
+from lrsearch.config.algorithms import PrunerSpec, SamplerSpec
 from lrsearch.config.presets import CLASSIC, OPTIMIZERS, PRESETS, SCHEDULES, Range
 from lrsearch.config.problems import problems
 from lrsearch.config.search_space import SearchSpace
 from lrsearch.errors import SpecError
 
-SAMPLERS = ("prior", "tpe", "gp", "cmaes", "nsga2", "qmc", "random", "grid")
-PRUNERS = ("halving", "none", "median", "sha", "hyperband", "wilcoxon")
 BUILTIN_TASKS = ("digits-mlp", "quadratic")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -253,15 +252,6 @@ def _check_override(optimizer: str, name: str, value: float | RangeSpec) -> list
         what = "low" if isinstance(value, RangeSpec) else "value"
         return [f"{what} must be > 0 (got {bad[0]})"]
     return []
-
-
-class SamplerSpec(_Strict):
-    name: Literal[SAMPLERS] = "prior"  # type: ignore[valid-type]
-    seed: int | None = None
-
-
-class PrunerSpec(_Strict):
-    name: Literal[PRUNERS] = "halving"  # type: ignore[valid-type]
 
 
 class MlflowSpec(_Strict):

@@ -16,14 +16,15 @@ if TYPE_CHECKING:
     from lrsearch.config.search_space import SearchSpace
 
 
-def make_sampler(name: str, seed: int | None, space: SearchSpace, grid_points: int = 5) -> optuna.samplers.BaseSampler:
-    """The sampler a study file names, for the study's resolved ``space``. TPE is multivariate and grouped, so it
-    models each optimizer's own hyperparameters jointly, and uses the constant liar so parallel workers do not all
-    sample the same point."""
+def make_sampler(name: str, seed: int | None, space: SearchSpace, grid_points: int = 5,
+                 options: dict[str, Any] | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler a study file names, for the study's resolved ``space``; ``options``: the study file's settings of
+    the prior sampler (``SamplerSpec.options``). TPE is multivariate and grouped, so it models each optimizer's own
+    hyperparameters jointly, and uses the constant liar so parallel workers do not all sample the same point."""
     if name == "prior":
         from lrsearch.config.priors import RelativeSpace
 
-        return PriorSampler(RelativeSpace(space).distributions(), seed=seed)
+        return PriorSampler(RelativeSpace(space).distributions(), seed=seed, **(options or {}))
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
     if name == "gp":
@@ -66,18 +67,21 @@ _MADE: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 """The pruners :func:`make_pruner` built, and the names they were built from: their schedules are known."""
 
 
-def make_pruner(name: str, epochs: int, n_trials: int = 1, reserved: int = 0) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, epochs: int, n_trials: int = 1, reserved: int = 0,
+                options: dict[str, Any] | None = None) -> optuna.pruners.BasePruner:
     """The pruner a study file names; resources are epochs (lrsearch reports epoch k as step k - 1). ``n_trials``
-    is the study's budget, which the halving pruner keeps to about half its full epochs, ``reserved`` of them
-    full trials still to come (confirmations)."""
-    pruner = _build_pruner(name, epochs, n_trials, reserved)
+    is the study's budget, which the halving pruner keeps to a share of its full epochs (half unless ``options``,
+    the study file's settings of the halving pruner, say otherwise), ``reserved`` of them full trials still to
+    come (confirmations)."""
+    pruner = _build_pruner(name, epochs, n_trials, reserved, options or {})
     _MADE[pruner] = name
     return pruner
 
 
-def _build_pruner(name: str, epochs: int, n_trials: int, reserved: int) -> optuna.pruners.BasePruner:
+def _build_pruner(name: str, epochs: int, n_trials: int, reserved: int,
+                  options: dict[str, Any]) -> optuna.pruners.BasePruner:
     if name == "halving":
-        return HalvingPruner(epochs, n_trials, reserved=reserved)
+        return HalvingPruner(epochs, n_trials, reserved=reserved, **options)
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":

@@ -14,10 +14,12 @@ around the best trials so far, and stop slow trials only where their partial run
   they have spent more than their share, only the best trial at a rung goes on. So the whole search costs about
   half the epochs of full trials, whatever the sampler proposes.
 
-The constants are round numbers fixed before measuring. ``bench/search/`` measures the whole against random search,
-Optuna out of the box, the textbook defaults and Syne Tune's ASHA on seven tasks, two of them held out while the
-default was chosen; a uniform share in the sampler (PriorBand's third source) measured no better there and is not
-used.
+The settings (:mod:`lrsearch.config.algorithms`: the prior and uniform shares, the rungs, the share that goes on, the
+epoch budget) are round numbers fixed before measuring; a study file can change each. ``bench/search/`` measures
+the whole against random search, Optuna out of the box, the textbook defaults and Syne Tune's ASHA on seven tasks,
+two of them held out while the default was chosen, and each setting changed alone (its ablation arms): at 10 seeds
+none of them, a uniform share (PriorBand's third source) included, did better than the defaults beyond seed noise
+on half the epochs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from lrsearch.config.algorithms import EPOCH_BUDGET, FIRST_RUNG, KEEP, PRIOR_SHARE, UNIFORM_SHARE
 from lrsearch.config.priors import coordinates, portfolio
 from lrsearch.study.confirmation import CONFIRMS_ATTR
 
@@ -88,10 +91,10 @@ class PriorSampler(optuna.samplers.BaseSampler):
         seed: For reproducible studies.
         centres: Where the prior is centred instead of the textbook: relative coordinates of known good
             configurations (a warm start's), one drawn per prior trial.
+        prior_share: How often a trial comes from the prior.
+        uniform_share: How often a trial is drawn uniformly over the whole space; the rest mutate a good trial.
     """
 
-    P_PRIOR = 0.25
-    """How often a trial comes from the prior; the rest mutate a good trial."""
     ELITE = 0.25
     """A parent is drawn from the best quarter of the finished trials (at least the best one)."""
     P_SWITCH = 0.25
@@ -106,10 +109,12 @@ class PriorSampler(optuna.samplers.BaseSampler):
     """Spread of a mutation, in the same units; lr always moves, the others half the time."""
 
     def __init__(self, distributions: dict[str, Any], seed: int | None = None,
-                 centres: list[dict[str, Any]] | None = None) -> None:
+                 centres: list[dict[str, Any]] | None = None, prior_share: float = PRIOR_SHARE,
+                 uniform_share: float = UNIFORM_SHARE) -> None:
         self.distributions = distributions
         self.seed = seed
         self.centres = list(centres or [])
+        self.prior_share, self.uniform_share = prior_share, uniform_share
 
     def reseed_rng(self) -> None:
         self.seed = None
@@ -126,8 +131,13 @@ class PriorSampler(optuna.samplers.BaseSampler):
         finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                     if t.value is not None and math.isfinite(t.value) and CONFIRMS_ATTR not in t.user_attrs]
         rng = self._rng(trial)
-        if not finished or rng.random() < self.P_PRIOR:
+        if not finished:
             return self._prior(rng)
+        source = rng.random()
+        if source < self.prior_share:
+            return self._prior(rng)
+        if source < self.prior_share + self.uniform_share:
+            return {name: _draw(rng, dist, None) for name, dist in self.distributions.items()}
         finished.sort(key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
         elite = finished[: max(1, math.ceil(self.ELITE * len(finished)))]
         parent = elite[rng.integers(len(elite))]
@@ -189,17 +199,18 @@ class HalvingPruner(optuna.pruners.BasePruner):
     """One bracket of successive halving with an epoch budget (see the module docstring).
 
     Args:
-        epochs: The trials' full epochs; the rungs are after ``epochs / 4`` and ``epochs / 2`` (at least 1 and 2).
+        epochs: The trials' full epochs.
         n_trials: The study's budget of trials.
         keep: The share of the trials at a rung that goes on (at least the best one).
         epoch_budget: The share of ``n_trials`` full trials' epochs the study aims to spend.
         reserved: Full trials still to come that no searched trial may take the epochs of (the confirmations).
+        first_rung: The first rung as a share of the epochs (at least 1 epoch); the second is at twice it.
     """
 
-    def __init__(self, epochs: int, n_trials: int, keep: float = 1 / 3, epoch_budget: float = 0.5,
-                 reserved: int = 0) -> None:
-        quarter = max(1, round(epochs / 4))
-        self.rungs = sorted({quarter, 2 * quarter} & set(range(1, epochs)))
+    def __init__(self, epochs: int, n_trials: int, keep: float = KEEP, epoch_budget: float = EPOCH_BUDGET,
+                 reserved: int = 0, first_rung: float = FIRST_RUNG) -> None:
+        first = max(1, round(epochs * first_rung))
+        self.rungs = sorted({first, 2 * first} & set(range(1, epochs)))
         """Epochs after which a trial is judged (1-based; epoch k is reported as step k - 1)."""
         self.epochs, self.n_trials, self.keep, self.epoch_budget = epochs, n_trials, keep, epoch_budget
         self.reserved = reserved

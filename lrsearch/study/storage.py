@@ -214,9 +214,10 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, name: st
         storage=storage,
         study_name=name,
         direction=spec.objective.direction,
-        sampler=make_sampler(spec.sampler.name, spec.sampler.seed, space, spec.search.grid_points),
+        sampler=make_sampler(spec.sampler.name, spec.sampler.seed, space, spec.search.grid_points,
+                             spec.sampler.options()),
         pruner=make_pruner(spec.pruner.name, spec.budget.epochs, spec.budget.n_trials,
-                           plan.configs * plan.seeds if plan else 0),
+                           plan.configs * plan.seeds if plan else 0, spec.pruner.options()),
         load_if_exists=True,
     )
     if "spec" not in study.user_attrs:
