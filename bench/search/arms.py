@@ -39,6 +39,10 @@ class Arm:
     """An arm that is not a study-file setting: ``optuna-oob`` or ``syne-tune-asha``."""
     search: dict[str, Any] = field(default_factory=dict)
     """Study-file ``search`` keys the arm is about; a lrsearch whose study file rejects them skips the arm."""
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    pruner_options: dict[str, Any] = field(default_factory=dict)
+    """Study-file settings of the default sampler and pruner (``sampler.prior_share``, ``pruner.epoch_budget``...):
+    the ablations of the default; skipped like ``search`` where this lrsearch rejects them."""
     baseline: bool = False
     """Not lrsearch's search: it returns its best recorded trial, and confirmation is off (``search.confirm:
     none``) where this lrsearch has it, so the baseline stays what the tool it stands for does."""
@@ -61,8 +65,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         note="the default confirming its best configuration on 2 new seeds"),
     Arm("tuned-adamw", search={"optimizers": ["adamw"]},
         note="the default search restricted to AdamW: what a user who tunes only AdamW gets (family tasks)"),
-    Arm("random", sampler="random", pruner="none", n_trials=100, baseline=True, views=(25, 100),
-        note="random search, no pruning: one run of 100 trials, its first 25 are random@25"),
+    Arm("random", sampler="random", pruner="none", n_trials=100, baseline=True, views=(12, 25, 100),
+        note="random search, no pruning: one run of 100 trials, its first 25 are random@25; random@12 is random "
+             "search on about the epochs the default spends (12 of 25 full trials)"),
     Arm("textbook", portfolio_only=True, baseline=True,
         note="each configuration of the study's portfolio once (the first 4 textbook configurations it can run: "
              "Adam 1e-3, AdamW, SGD momentum / Nesterov 0.1 cosine on the base tasks); the best"),
@@ -73,7 +78,21 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("lrsearch-0.1", sampler="tpe", pruner="hyperband", note="lrsearch's default before: its TPE + Hyperband"),
     Arm("prior-no-pruning", sampler="prior", pruner="none",
         note="ablation: the default's sampler and portfolio, no pruning (what the halving pruner costs and saves)"),
+    Arm("lrsearch-epochs-1", pruner_options={"epoch_budget": 1.0},
+        note="ablation: the default given the epochs of 25 full trials (pruner.epoch_budget: 1), about random@25's"),
+    Arm("lrsearch-keep-half", pruner_options={"keep": 0.5},
+        note="ablation: half of a rung's trials go on (pruner.keep: 0.5; the default 1/3)"),
+    Arm("lrsearch-rung-third", pruner_options={"first_rung": 1 / 3},
+        note="ablation: rungs at 1/3 and 2/3 of the epochs (pruner.first_rung; the default 1/4 and 1/2)"),
+    Arm("lrsearch-prior-half", sampler_options={"prior_share": 0.5},
+        note="ablation: half the searched trials from the prior (sampler.prior_share: 0.5; the default 0.25)"),
+    Arm("lrsearch-uniform-quarter", sampler_options={"uniform_share": 0.25},
+        note="ablation: a quarter of the trials uniform over the space, PriorBand's third source "
+             "(sampler.uniform_share: 0.25; the default 0)"),
 ]}
+ABLATION_ARMS = ("lrsearch-epochs-1", "lrsearch-keep-half", "lrsearch-rung-third", "lrsearch-prior-half",
+                 "lrsearch-uniform-quarter", "prior-no-pruning")
+"""Variants of the default, one setting changed each (``run.py --arms ...``): the evidence for its settings."""
 DEFAULT_ARMS = ("lrsearch", "lrsearch-confirm-2x1", "lrsearch-confirm-3x1", "lrsearch-confirm-1x2", "random",
                 "textbook", "optuna-oob", "syne-tune-asha")
 """What ``run.py`` runs on the base tasks unless ``--arms`` says otherwise; the two ablations stay selectable."""
@@ -110,10 +129,14 @@ def study_file(arm: Arm, study: dict[str, Any]) -> tuple[dict[str, Any] | None, 
     if arm.custom == "optuna-oob":
         data["sampler"]["name"], data["pruner"] = "tpe", {"name": "none"}  # per-optimizer names, as tpe gets
     data["search"].update(arm.search)
+    data["sampler"].update(arm.sampler_options)
+    data.setdefault("pruner", {}).update(arm.pruner_options)
     try:
         spec_from_dict(data)
     except SpecError as exc:
-        problems = [p.split(" (allowed")[0] for p in exc.problems if any(f"search.{k}" in p for k in arm.search)]
+        keys = [f"search.{k}" for k in arm.search] + [f"sampler.{k}" for k in arm.sampler_options] + \
+            [f"pruner.{k}" for k in arm.pruner_options]
+        problems = [p.split(" (allowed")[0] for p in exc.problems if any(k in p for k in keys)]
         return None, f"{arm.name} skipped: this lrsearch rejects {'; '.join(problems or exc.problems)}"
     if arm.baseline:
         quiet = copy.deepcopy(data)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from search_tasks import FAMILY_TASKS
 from targets import (
+    ABLATIONS,
     DEFAULT,
     NO_CONFIRM,
     ORDER,
@@ -26,6 +27,7 @@ from targets import (
     no_worse,
     paired_gain,
     suite_targets,
+    summarise_ablations,
     summarise_anytime,
     summarise_confirmation,
     summarise_families,
@@ -155,8 +157,8 @@ def _task_verdicts(s: dict[str, Any]) -> list[str]:
     """Each per-task target's verdict with the numbers it compared."""
     t, ours = s["targets"], s["views"][DEFAULT]
     side = ">=" if s["maximize"] else "<="
-    out = [f"T-win {VERDICT[t['T-win']]}" + (f" (beaten by {', '.join(t['beaten_by'])})" if t["beaten_by"] else
-                                             f" (against {', '.join(t['compared'])})")]
+    out = [f"T-win {VERDICT[t['T-win']]}" + (f" (beaten by {', '.join(_margin(s, a) for a in t['beaten_by'])})"
+                                             if t["beaten_by"] else f" (against {', '.join(t['compared'])})")]
     if "textbook_floor" in t:
         out.append(f"T-textbook {VERDICT[t['T-textbook']]} ({_fmt(ours['retrained'])} {side} textbook "
                    f"{_fmt(s['views']['textbook']['retrained'])} {'-' if s['maximize'] else '+'} its seed spread "
@@ -167,6 +169,17 @@ def _task_verdicts(s: dict[str, Any]) -> list[str]:
                  "no limit: a retrain of random@25's choice diverged")
         out.append(f"T-optimism {VERDICT[t['T-optimism']]} ({_fmt(ours['optimism'])} <= {limit})")
     return out
+
+
+def _margin(s: dict[str, Any], arm: str) -> str:
+    """How far ``arm`` is ahead of the default, seed by seed: the mean gain, its standard error and t (a t near 1 or
+    below is within the seeds' noise; about 2.3 is the two-sided 5% level at 10 seeds)."""
+    paired = paired_gain(s["views"][arm]["per_seed"], s["views"][DEFAULT]["per_seed"], s["maximize"])
+    n, mean, spread = len(paired["seeds"]), paired["gain"], paired["spread"]
+    if n < 2 or not (math.isfinite(mean) and math.isfinite(spread)) or spread == 0:
+        return arm
+    se = spread / math.sqrt(n)
+    return f"{arm} by {_fmt(mean)} ± {_fmt(se)}, t = {mean / se:.1f}"
 
 
 def pair_markdown(p: dict[str, Any]) -> str:
@@ -262,7 +275,9 @@ def report(results: Path, tasks: list[str] | None = None,
               "", "## Targets of lrsearch's default (base tasks and pairs)", "", *rows, ""]
     families = {task: s["families"] for task, s in summaries.items() if s["families"]}
     confirmation = {task: s["confirmation"] for task, s in summaries.items() if s["confirmation"]}
-    parts += [*families_markdown(families, summaries), *confirmation_markdown(confirmation, summaries)]
+    ablations = summarise_ablations(base)
+    parts += [*families_markdown(families, summaries), *confirmation_markdown(confirmation, summaries),
+              *ablations_markdown(ablations, base)]
     for task, summary in summaries.items():
         if summary["family"] and task == next(t for t, s in summaries.items() if s["family"]):
             parts += ["## Family tasks (not counted in the targets)", ""]
@@ -276,7 +291,7 @@ def report(results: Path, tasks: list[str] | None = None,
     out = {"targets": suite, "tasks": {t: {k: v for k, v in s.items() if k != "recorded_best"}
                                        | {"recorded_best": {a: r["at"] for a, r in s["recorded_best"].items()}}
                                        for t, s in summaries.items()}, "pairs": pair_summaries,
-           "families": families, "confirmation": confirmation}
+           "families": families, "confirmation": confirmation, "ablations": ablations}
     (results / "summary.json").write_text(json.dumps(_jsonable(out), indent=1))
     return text, out
 
@@ -323,6 +338,37 @@ def confirmation_markdown(confirmation: dict[str, Any], summaries: dict[str, Any
             counts[0 if better and not worse else 1 if worse and not better else 2] += 1
     lines += [""] + [f"- {setting}: retrained mean better than no confirmation on {b} of {b + w + t} tasks, worse on "
                      f"{w}, tied on {t}." for setting, (b, w, t) in tally.items()]
+    return [*lines, ""]
+
+
+def ablations_markdown(ablations: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """The variants of the default, one setting changed each, on the base tasks: what each retrains to, at what
+    epochs, against the default seed by seed, and on how many tasks T-win would hold with it in the default's place;
+    random@12 (random search on about the default's epochs) beside them."""
+    if not ablations:
+        return []
+    tasks = [t for t in base if any(t in per_task for per_task in ablations.values())]
+    lines = ["## Variants of the default, one setting changed each", "",
+             "Cell: retrained mean (epochs / 25 full; the variant's wins / losses / ties against the default, seed "
+             "by seed), `*` where T-win "
+             "would hold with the variant in the default's place (against the same arms: random@25, textbook, "
+             "optuna-oob, syne-tune-asha, lrsearch-confirm-2x1).", "",
+             "| variant | " + " | ".join(tasks) + " | T-win would hold on |", "|---" * (len(tasks) + 2) + "|"]
+
+    def cell(view: dict[str, Any] | None, mark: bool, paired: str) -> str:
+        return "-" if view is None else f"{_fmt(view['retrained'])}{'*' if mark else ''} ({view['epochs']:.2f}{paired})"
+
+    default = [cell(base[t]["views"].get(DEFAULT), bool(base[t]["targets"].get("T-win")), "") for t in tasks]
+    held = sum(bool(base[t]["targets"].get("T-win")) for t in tasks)
+    lines.append(f"| **the default** | {' | '.join(default)} | {held} of {len(tasks)} |")
+    for arm, per_task in ablations.items():
+        cells = [cell(base[t]["views"].get(arm), per_task[t]["t_win"], f"; {_wlt(per_task[t])}") if t in per_task
+                 else "-" for t in tasks]
+        wins = sum(c["t_win"] for c in per_task.values())
+        lines.append(f"| {ABLATIONS[arm]} (`{arm}`) | {' | '.join(cells)} | {wins} of {len(per_task)} |")
+    reference = [cell(base[t]["views"].get("random@12"), False, "") for t in tasks]
+    lines.append(f"| random@12 (reference: random search on about the default's epochs) | {' | '.join(reference)} "
+                 "| |")
     return [*lines, ""]
 
 

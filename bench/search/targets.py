@@ -44,9 +44,13 @@ from typing import Any
 DEFAULT = "lrsearch"
 COMPARED = ("random@25", "textbook", "optuna-oob", "syne-tune-asha", "lrsearch-confirm-2x1")
 """The arms T-win compares the default with: every arm at 25 trials."""
+ABLATIONS = {"lrsearch-epochs-1": "epoch_budget 1", "lrsearch-keep-half": "keep 1/2",
+             "lrsearch-rung-third": "rungs 1/3, 2/3", "lrsearch-prior-half": "prior_share 1/2",
+             "lrsearch-uniform-quarter": "uniform_share 1/4", "prior-no-pruning": "no pruning"}
+"""Variants of the default, one setting changed each (``arms.ABLATION_ARMS``), by their label in the report."""
 ORDER = (DEFAULT, "lrsearch-no-confirm", "lrsearch-confirm-2x1", "lrsearch-confirm-3x1", "lrsearch-confirm-1x2",
-         "tuned-adamw", "random@25", "random@100", "textbook", "optuna-oob", "syne-tune-asha", "lrsearch-0.1",
-         "prior-no-pruning")
+         "tuned-adamw", "random@12", "random@25", "random@100", "textbook", "optuna-oob", "syne-tune-asha",
+         "lrsearch-0.1", *ABLATIONS)
 TUNED_ADAMW = "tuned-adamw"
 NO_CONFIRM = DEFAULT
 """The default confirms nothing (``search.confirm: none``; until 2026-12-02 it confirmed 2 x 1)."""
@@ -211,6 +215,24 @@ def task_targets(views: dict[str, Any], textbook: dict[str, Any], maximize: bool
         out |= {"T-optimism": rounded(ours["optimism"]) <= rounded(limit), "optimism_limit": limit}
     else:
         out["T-optimism"] = None
+    return out
+
+
+def summarise_ablations(summaries: dict[str, Any]) -> dict[str, Any]:
+    """Per variant of the default (:data:`ABLATIONS`) and base task: its retrained mean and epochs, its paired
+    gain over the default, and whether T-win would hold with it in the default's place (against the same arms)."""
+    out: dict[str, Any] = {}
+    for arm in ABLATIONS:
+        for task, s in summaries.items():
+            views, maximize = s["views"], s["maximize"]
+            if arm not in views or DEFAULT not in views:
+                continue
+            v = views[arm]
+            beaten_by = [n for n in COMPARED if n in views and not no_worse(v["retrained"], views[n]["retrained"],
+                                                                             maximize)]
+            out.setdefault(arm, {})[task] = {
+                **paired_gain(v["per_seed"], views[DEFAULT]["per_seed"], maximize),
+                "retrained": v["retrained"], "epochs": v["epochs"], "t_win": not beaten_by, "beaten_by": beaten_by}
     return out
 
 
