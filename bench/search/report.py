@@ -171,6 +171,13 @@ def _task_verdicts(s: dict[str, Any]) -> list[str]:
     return out
 
 
+def _t(paired: dict[str, Any]) -> str:
+    """``, t = x``: a paired gain over its standard error across the seeds; nothing where it has none."""
+    n, spread = len(paired["seeds"]), paired["spread"]
+    ok = n > 1 and math.isfinite(paired["gain"]) and math.isfinite(spread) and spread > 0
+    return f", t = {paired['gain'] / (spread / math.sqrt(n)):+.1f}" if ok else ""
+
+
 def _margin(s: dict[str, Any], arm: str) -> str:
     """How far ``arm`` is ahead of the default, seed by seed: the mean gain, its standard error and t (a t near 1 or
     below is within the seeds' noise; about 2.3 is the two-sided 5% level at 10 seeds)."""
@@ -350,7 +357,7 @@ def ablations_markdown(ablations: dict[str, Any], base: dict[str, Any]) -> list[
     tasks = [t for t in base if any(t in per_task for per_task in ablations.values())]
     lines = ["## Variants of the default, one setting changed each", "",
              "Cell: retrained mean (epochs / 25 full; the variant's wins / losses / ties against the default, seed "
-             "by seed), `*` where T-win "
+             "by seed, and t, its mean gain over the standard error), `*` where T-win "
              "would hold with the variant in the default's place (against the same arms: random@25, textbook, "
              "optuna-oob, syne-tune-asha, lrsearch-confirm-2x1).", "",
              "| variant | " + " | ".join(tasks) + " | T-win would hold on |", "|---" * (len(tasks) + 2) + "|"]
@@ -362,8 +369,8 @@ def ablations_markdown(ablations: dict[str, Any], base: dict[str, Any]) -> list[
     held = sum(bool(base[t]["targets"].get("T-win")) for t in tasks)
     lines.append(f"| **the default** | {' | '.join(default)} | {held} of {len(tasks)} |")
     for arm, per_task in ablations.items():
-        cells = [cell(base[t]["views"].get(arm), per_task[t]["t_win"], f"; {_wlt(per_task[t])}") if t in per_task
-                 else "-" for t in tasks]
+        cells = [cell(base[t]["views"].get(arm), per_task[t]["t_win"], f"; {_wlt(per_task[t])}{_t(per_task[t])}")
+                 if t in per_task else "-" for t in tasks]
         wins = sum(c["t_win"] for c in per_task.values())
         lines.append(f"| {ABLATIONS[arm]} (`{arm}`) | {' | '.join(cells)} | {wins} of {len(per_task)} |")
     reference = [cell(base[t]["views"].get("random@12"), False, "") for t in tasks]
