@@ -35,6 +35,7 @@ from targets import (
     summarise_textbook,
     summarise_views,
     task_targets,
+    win_counts,
 )
 
 VERDICT = {True: "held", False: "MISSED", None: "n/a (not measured)"}
@@ -260,7 +261,8 @@ def report(results: Path, tasks: list[str] | None = None,
     rows = ["| target | verdict | where |", "|---|---|---|"]
     details = {
         "T-win": f"default >= every arm at 25 trials on {len(wins)} of {len(base)} base tasks "
-                 f"({', '.join(wins) or 'none'}); needs 5/7 of them, rounded up",
+                 f"({', '.join(wins) or 'none'}); needs 5/7 of them, rounded up. Each compared arm scored the same "
+                 "way: " + ", ".join(f"{a} {len(ts)}" for a, ts in win_counts(base).items() if a != DEFAULT),
         "T-textbook": _where(base, "T-textbook"), "T-epochs": _where(base, "T-epochs"),
         "T-optimism": _where(base, "T-optimism"),
         "T-warm": ", ".join(f"{p} {VERDICT[s['T-warm']]}" for p, s in pair_summaries.items()),
@@ -298,7 +300,7 @@ def report(results: Path, tasks: list[str] | None = None,
     out = {"targets": suite, "tasks": {t: {k: v for k, v in s.items() if k != "recorded_best"}
                                        | {"recorded_best": {a: r["at"] for a, r in s["recorded_best"].items()}}
                                        for t, s in summaries.items()}, "pairs": pair_summaries,
-           "families": families, "confirmation": confirmation, "ablations": ablations}
+           "families": families, "confirmation": confirmation, "ablations": ablations, "win_counts": win_counts(base)}
     (results / "summary.json").write_text(json.dumps(_jsonable(out), indent=1))
     return text, out
 

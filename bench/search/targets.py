@@ -9,7 +9,8 @@ signed so that positive means the record flattered (for a loss: retrained - reco
   optuna-oob, syne-tune-asha, textbook, lrsearch-confirm-2x1: those that ran; random@100 is reported, not
   compared).
   It holds for the suite on at least 5/7 of the base tasks that ran, rounded up: 5 of the 7, 3 of 3, 2 of 2 (on
-  ``--quick``'s tasks: every one).
+  ``--quick``'s tasks: every one). :func:`win_counts` scores every compared arm the same way, against the others
+  and the default: where no arm meets the target either, a miss is the noise between near-equal arms.
 - **T-textbook**: on every task the default is not below the textbook arm by more than the textbook's own seed
   spread: the standard deviation of the retrained values, pooled over all fresh seeds of every search seed, of
   the textbook configuration with the best retrained mean.
@@ -216,6 +217,16 @@ def task_targets(views: dict[str, Any], textbook: dict[str, Any], maximize: bool
     else:
         out["T-optimism"] = None
     return out
+
+
+def win_counts(summaries: dict[str, Any]) -> dict[str, list[str]]:
+    """T-win scored the same way for every arm it compares, the default among them: per arm, the tasks where its
+    retrained mean is at least every other's. Whether any arm, not only the default, meets 5 of 7."""
+    arms = (DEFAULT, *COMPARED)
+    return {arm: [task for task, s in summaries.items() if arm in s["views"]
+                  and all(no_worse(s["views"][arm]["retrained"], s["views"][other]["retrained"], s["maximize"])
+                          for other in arms if other != arm and other in s["views"])]
+            for arm in arms if any(arm in s["views"] for s in summaries.values())}
 
 
 def summarise_ablations(summaries: dict[str, Any]) -> dict[str, Any]:
