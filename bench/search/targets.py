@@ -10,7 +10,7 @@ signed so that positive means the record flattered (for a loss: retrained - reco
   compared).
   It holds for the suite on at least 5/7 of the base tasks that ran, rounded up: 5 of the 7, 3 of 3, 2 of 2 (on
   ``--quick``'s tasks: every one). :func:`win_counts` scores every compared arm the same way, against the others
-  and the default: where no arm meets the target either, a miss is the noise between near-equal arms.
+  and the default: where no arm meets the target either, it asks more than any compared search reaches.
 - **T-textbook**: on every task the default is not below the textbook arm by more than the textbook's own seed
   spread: the standard deviation of the retrained values, pooled over all fresh seeds of every search seed, of
   the textbook configuration with the best retrained mean.
