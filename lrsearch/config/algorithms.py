@@ -5,7 +5,7 @@ default below; the study layer reads the settings through :meth:`SamplerSpec.opt
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,19 +24,36 @@ FIRST_RUNG = 0.25
 """The first rung, as a share of the epochs; the second is at twice it."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """The base of every study-file section: unknown keys are refused, defaults validated."""
+
     model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
 
 
-def _only_for(spec: BaseModel, name: str, settings: tuple[str, ...]) -> None:
-    given = [s for s in settings if getattr(spec, s) is not None]
-    kind = type(spec).__name__.removesuffix("Spec").lower()
-    if given and spec.name != name:  # type: ignore[attr-defined]
-        raise ValueError(f"{', '.join(given)}: {'settings' if len(given) > 1 else 'a setting'} of the {name} {kind} "
-                         f"only ({kind}.name is {spec.name!r})")  # type: ignore[attr-defined]
+class _AlgorithmSpec(StrictModel):
+    """A ``sampler:`` or ``pruner:`` section: ``SETTINGS`` belong to the algorithm named ``OWNER`` only."""
+
+    OWNER: ClassVar[str]
+    SETTINGS: ClassVar[tuple[str, ...]]
+    name: str
+
+    @model_validator(mode="after")
+    def _owner_only(self) -> _AlgorithmSpec:
+        given = list(self.options())
+        kind = type(self).__name__.removesuffix("Spec").lower()
+        if given and self.name != self.OWNER:
+            raise ValueError(f"{', '.join(given)}: {'settings' if len(given) > 1 else 'a setting'} of the "
+                             f"{self.OWNER} {kind} only ({kind}.name is {self.name!r})")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The settings the study file gives, for the algorithm's constructor."""
+        return {k: getattr(self, k) for k in self.SETTINGS if getattr(self, k) is not None}
 
 
-class SamplerSpec(_Strict):
+class SamplerSpec(_AlgorithmSpec):
+    OWNER: ClassVar[str] = "prior"
+    SETTINGS: ClassVar[tuple[str, ...]] = ("prior_share", "uniform_share")
     name: Literal[SAMPLERS] = "prior"  # type: ignore[valid-type]
     seed: int | None = None
     prior_share: float | None = Field(None, ge=0, le=1)
@@ -45,20 +62,17 @@ class SamplerSpec(_Strict):
     """``prior`` only: the share drawn uniformly over the whole space (default :data:`UNIFORM_SHARE`)."""
 
     @model_validator(mode="after")
-    def _settings(self) -> SamplerSpec:
-        _only_for(self, "prior", ("prior_share", "uniform_share"))
-        given = self.options()
-        prior, uniform = given.get("prior_share", PRIOR_SHARE), given.get("uniform_share", UNIFORM_SHARE)
+    def _shares(self) -> SamplerSpec:
+        prior = PRIOR_SHARE if self.prior_share is None else self.prior_share
+        uniform = UNIFORM_SHARE if self.uniform_share is None else self.uniform_share
         if prior + uniform > 1:
             raise ValueError(f"prior_share + uniform_share must be <= 1 (got {prior} + {uniform})")
         return self
 
-    def options(self) -> dict[str, Any]:
-        """The settings the study file gives, for the sampler's constructor."""
-        return {k: getattr(self, k) for k in ("prior_share", "uniform_share") if getattr(self, k) is not None}
 
-
-class PrunerSpec(_Strict):
+class PrunerSpec(_AlgorithmSpec):
+    OWNER: ClassVar[str] = "halving"
+    SETTINGS: ClassVar[tuple[str, ...]] = ("epoch_budget", "keep", "first_rung")
     name: Literal[PRUNERS] = "halving"  # type: ignore[valid-type]
     epoch_budget: float | None = Field(None, gt=0, le=1)
     """``halving`` only: the share of ``n_trials`` full trials' epochs to spend (default :data:`EPOCH_BUDGET`)."""
@@ -66,12 +80,3 @@ class PrunerSpec(_Strict):
     """``halving`` only: the share of a rung's trials that goes on (default :data:`KEEP`)."""
     first_rung: float | None = Field(None, gt=0, le=0.5)
     """``halving`` only: the first rung as a share of the epochs, the second at twice it (:data:`FIRST_RUNG`)."""
-
-    @model_validator(mode="after")
-    def _settings(self) -> PrunerSpec:
-        _only_for(self, "halving", ("epoch_budget", "keep", "first_rung"))
-        return self
-
-    def options(self) -> dict[str, Any]:
-        """The settings the study file gives, for the pruner's constructor."""
-        return {k: getattr(self, k) for k in ("epoch_budget", "keep", "first_rung") if getattr(self, k) is not None}

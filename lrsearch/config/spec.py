@@ -11,8 +11,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -21,6 +19,7 @@ from pydantic import (
 )
 
 from lrsearch.config.algorithms import PrunerSpec, SamplerSpec
+from lrsearch.config.algorithms import StrictModel as _Strict
 from lrsearch.config.presets import CLASSIC, OPTIMIZERS, PRESETS, SCHEDULES, Range
 from lrsearch.config.problems import problems
 from lrsearch.config.search_space import SearchSpace
@@ -28,10 +27,6 @@ from lrsearch.errors import SpecError
 
 BUILTIN_TASKS = ("digits-mlp", "quadratic")
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
 
 
 class RangeSpec(_Strict):
