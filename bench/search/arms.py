@@ -40,9 +40,10 @@ class Arm:
     search: dict[str, Any] = field(default_factory=dict)
     """Study-file ``search`` keys the arm is about; a lrsearch whose study file rejects them skips the arm."""
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    """Study-file settings of the default sampler (``sampler.prior_share``...): an ablation of the default; skipped
+    like ``search`` where this lrsearch rejects them."""
     pruner_options: dict[str, Any] = field(default_factory=dict)
-    """Study-file settings of the default sampler and pruner (``sampler.prior_share``, ``pruner.epoch_budget``...):
-    the ablations of the default; skipped like ``search`` where this lrsearch rejects them."""
+    """The same for the default pruner (``pruner.epoch_budget``...)."""
     baseline: bool = False
     """Not lrsearch's search: it returns its best recorded trial, and confirmation is off (``search.confirm:
     none``) where this lrsearch has it, so the baseline stays what the tool it stands for does."""
@@ -90,12 +91,10 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         note="ablation: a quarter of the trials uniform over the space, PriorBand's third source "
              "(sampler.uniform_share: 0.25; the default 0)"),
 ]}
-ABLATION_ARMS = ("lrsearch-epochs-1", "lrsearch-keep-half", "lrsearch-rung-third", "lrsearch-prior-half",
-                 "lrsearch-uniform-quarter", "prior-no-pruning")
-"""Variants of the default, one setting changed each (``run.py --arms ...``): the evidence for its settings."""
 DEFAULT_ARMS = ("lrsearch", "lrsearch-confirm-2x1", "lrsearch-confirm-3x1", "lrsearch-confirm-1x2", "random",
                 "textbook", "optuna-oob", "syne-tune-asha")
-"""What ``run.py`` runs on the base tasks unless ``--arms`` says otherwise; the two ablations stay selectable."""
+"""What ``run.py`` runs on the base tasks unless ``--arms`` says otherwise; the ablations (``targets.ABLATIONS``) and
+``lrsearch-0.1`` stay selectable."""
 QUICK_ARMS = ("lrsearch", "lrsearch-confirm-2x1", "random", "textbook", "optuna-oob", "syne-tune-asha")
 """``run.py --quick``: the arms of issue 23's targets, with one confirmation setting (``auto``'s)."""
 FAMILY_ARMS = ("lrsearch", "tuned-adamw", "random", "textbook")

@@ -7,7 +7,7 @@ default with confirmation settings (2 configurations x 1 new seed, ``confirm: au
 2026-12-02; 3 x 1; 1 x 2), random search (one run of 100 trials: random@12, about the default's epochs, random@25 and
 random@100), the textbook configurations run once each, Optuna out of the box (TPE + Hyperband) and Syne Tune's
 ASHA where ``syne_tune`` is installed; with ``--arms``, the variants of the default, one study-file setting changed
-each (``arms.ABLATION_ARMS``). Every arm trains through lrsearch's own trainer and study loop, on Optuna's
+each (``targets.ABLATIONS``). Every arm trains through lrsearch's own trainer and study loop, on Optuna's
 in-memory storage. Seed s is the sampler's seed and the training seed (initial weights, shuffles). Then each arm's
 returned configuration is trained again on ``--retrain`` fresh seeds, the same for every arm of a task and seed
 (``retrain.py``), and, on search seeds below ``--anytime-seeds``, its choice after 5, 10 and 25 trials too.

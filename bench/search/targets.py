@@ -48,7 +48,8 @@ COMPARED = ("random@25", "textbook", "optuna-oob", "syne-tune-asha", "lrsearch-c
 ABLATIONS = {"lrsearch-epochs-1": "epoch_budget 1", "lrsearch-keep-half": "keep 1/2",
              "lrsearch-rung-third": "rungs 1/3, 2/3", "lrsearch-prior-half": "prior_share 1/2",
              "lrsearch-uniform-quarter": "uniform_share 1/4", "prior-no-pruning": "no pruning"}
-"""Variants of the default, one setting changed each (``arms.ABLATION_ARMS``), by their label in the report."""
+"""Variants of the default, one setting changed each (arms of ``arms.ARMS``, run with ``run.py
+--arms``), by their label in the report."""
 ORDER = (DEFAULT, "lrsearch-no-confirm", "lrsearch-confirm-2x1", "lrsearch-confirm-3x1", "lrsearch-confirm-1x2",
          "tuned-adamw", "random@12", "random@25", "random@100", "textbook", "optuna-oob", "syne-tune-asha",
          "lrsearch-0.1", *ABLATIONS)
