@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from conftest import tiny_study, write_study
 
 from lrsearch.cli import cli
-from lrsearch.study.storage import load_study
+from lrsearch.study.budget import drop_waiting
+from lrsearch.study.storage import load_study, open_storage
 
 State = optuna.trial.TrialState
 FOUR_TEXTBOOK = {"optimizers": ["adam", "adamw", "momentum", "nesterov"]}  # a portfolio of four
@@ -61,3 +62,30 @@ def test_a_queued_trial_left_when_the_budget_is_complete_is_dropped(tmp_path) ->
     study = load_study("tiny", "lrsearch.journal")
     assert [t.state for t in study.trials] == [State.COMPLETE, State.COMPLETE, State.FAIL]
     assert study.trials[2].user_attrs["fail_reason"] == "not run: the study's budget was complete"
+
+
+class _ClaimedRightAfterTheRead:
+    """The study as one process's ``drop_waiting`` sees it, while another process (``other``) claims the queued
+    trial right after that read."""
+
+    def __init__(self, study: optuna.Study, other: optuna.Study) -> None:
+        self.study_name, self._study, self._other = study.study_name, study, other
+
+    def get_trials(self, **kwargs) -> list[optuna.trial.FrozenTrial]:
+        trials = self._study.get_trials(**kwargs)
+        self._other.ask()
+        return trials
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_dropping_never_fails_a_queued_trial_another_process_started_meanwhile(tmp_path, kind: str) -> None:
+    url = str(tmp_path / "s.journal") if kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.enqueue_trial({"x": 0.5})
+    other = optuna.load_study(study_name="s", storage=open_storage(url))  # another worker's process
+    drop_waiting(_ClaimedRightAfterTheRead(study, other), storage)
+    trial = study.trials[0]
+    assert trial.state == State.RUNNING and "fail_reason" not in trial.user_attrs  # left to the process training it
+    assert len(study.trials) == 1

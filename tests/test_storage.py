@@ -3,8 +3,11 @@ export; and the journal's heartbeats, which lrsearch keeps itself (Optuna keeps 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import optuna
 import pytest
 from click.testing import CliRunner
 from conftest import tiny_study, write_study
+from sqlalchemy import event
 
 from lrsearch.cli import cli
 from lrsearch.study.heartbeat import HEARTBEAT_ATTR, fail_stale_trials, heartbeats
@@ -118,3 +122,38 @@ def test_journal_heartbeats_are_recorded_while_a_trial_trains(tmp_path: Path) ->
     assert study.trials[0].state == State.RUNNING  # beaten a moment ago: alive
     study.tell(trial, 0.25)
     assert study.trials[0].state == State.COMPLETE and study.trials[0].value == 0.25
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_sqlite_workers_asking_at_one_moment_never_claim_one_queued_trial_twice(tmp_path: Path) -> None:
+    """Optuna claims a queued trial by reading it WAITING, then writing RUNNING (``SELECT ... FOR UPDATE``, which
+    SQLite ignores). Worker A is held between that read and that write: meanwhile no other process may write, and
+    worker B, asking at that moment, gets a trial of its own. On plain pysqlite both got trial 0: it trained twice,
+    and the second result was refused (``UpdateFinishedTrialError``), failing a ``--workers 4`` tune."""
+    path = tmp_path / "s.db"
+    storage_a, storage_b = open_storage(f"sqlite:///{path}"), open_storage(f"sqlite:///{path}")
+    optuna.create_study(storage=storage_a, study_name="s").enqueue_trial({"x": 0.5})
+    worker_a = optuna.load_study(study_name="s", storage=storage_a)
+    worker_b = optuna.load_study(study_name="s", storage=storage_b)
+    claiming, release = threading.Event(), threading.Event()
+
+    @event.listens_for(storage_a.engine, "before_cursor_execute")
+    def hold(_connection, _cursor, statement: str, *_) -> None:
+        if statement.startswith("UPDATE trials SET state=") and not claiming.is_set():
+            claiming.set()  # trial 0 read as WAITING, RUNNING not yet written
+            release.wait()
+
+    claimed: dict[str, int] = {}
+    thread_a = threading.Thread(target=lambda: claimed.update(a=worker_a.ask().number))
+    thread_a.start()
+    claiming.wait()
+    with contextlib.closing(sqlite3.connect(path, timeout=0)) as another_process:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            another_process.execute("BEGIN IMMEDIATE")  # its writes wait
+    thread_b = threading.Thread(target=lambda: claimed.update(b=worker_b.ask().number))
+    thread_b.start()
+    release.set()
+    thread_a.join()
+    thread_b.join()
+    assert claimed == {"a": 0, "b": 1}
+    assert [t.state for t in worker_a.trials] == [State.RUNNING, State.RUNNING]

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.study.heartbeat import fail_stale_trials
+from lrsearch.study.heartbeat import beat, fail_stale_trials
 from lrsearch.study.states import BUDGET_TAKEN, NOT_NEEDED
 
 if TYPE_CHECKING:
@@ -60,7 +60,9 @@ def open_slots(study: optuna.Study, storage: Any, budget: Budget) -> Iterator[in
 
 def drop_waiting(study: optuna.Study, storage: Any) -> None:
     """A complete study keeps no queued trial: each one still WAITING is failed with the reason
-    :data:`NOT_NEEDED` (one that another process starts at the same moment is refused a slot by the budget)."""
+    :data:`NOT_NEEDED`. A trial is claimed first, as a worker claims one to train it, and failed only if this
+    process won the claim: one read as WAITING that another process starts meanwhile is left to that process (whose
+    budget check then refuses it a slot), never failed while it trains."""
     import optuna
 
     states = optuna.trial.TrialState
@@ -71,6 +73,9 @@ def drop_waiting(study: optuna.Study, storage: Any) -> None:
     for trial in waiting:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
+            if not storage.set_trial_state_values(trial_id, state=states.RUNNING):
+                continue  # another process claimed it first
+            beat(storage, [trial_id])  # if this process dies right here, the claim goes stale and is retried
             storage.set_trial_user_attr(trial_id, "fail_reason", NOT_NEEDED)
             storage.set_trial_state_values(trial_id, state=states.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:

@@ -167,7 +167,7 @@ def _open_rdb(url: str, create: bool) -> optuna.storages.RDBStorage:
                 raise StorageError(f"cannot open storage {mask_password(url)!r}: {first_line(exc)}") from None
             time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
     if parsed.get_backend_name() == "sqlite":
-        _write_ahead_log(storage.engine)
+        _sqlite_sessions(storage.engine)
     return storage
 
 
@@ -181,20 +181,32 @@ def retry_stale_trial() -> Any:
     return retry(max_retry=MAX_RETRY)
 
 
-def _write_ahead_log(engine: Any) -> None:
-    """SQLite in WAL mode with synchronous=NORMAL: readers never block the writer, and a commit (Optuna commits
-    every report) no longer waits for an fsync. Safe against process crashes; a power cut may lose the last
-    commits, never corrupt the file."""
+def _sqlite_sessions(engine: Any) -> None:
+    """SQLite sessions that several processes can share.
+
+    Each session is one ``BEGIN IMMEDIATE`` transaction: it holds the write lock from its first read to its commit.
+    Optuna claims a queued trial by reading it WAITING and then writing RUNNING, relying on ``SELECT ... FOR UPDATE``,
+    which SQLite ignores; and pysqlite runs the read outside any transaction. Without this, two workers could claim the
+    same queued trial and train it twice, and the second one's result is refused (the trial has already finished).
+
+    WAL mode with synchronous=NORMAL: readers outside lrsearch (a backup, ``sqlite3``) never block the writer, and a
+    commit (Optuna commits every report) no longer waits for an fsync. This is safe against process crashes; a power
+    cut may lose the last commits, but never corrupts the file."""
     from sqlalchemy import event
 
     @event.listens_for(engine, "connect")
-    def _pragmas(connection: Any, _: Any) -> None:
+    def _connect(connection: Any, _: Any) -> None:
+        connection.isolation_level = None  # pysqlite emits no BEGIN of its own; _begin below does
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
-    engine.dispose()  # pooled connections opened before the listener get replaced by ones with the pragmas
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # pooled connections opened before the listeners get replaced by ones with them
 
 
 def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, name: str, queue: bool = True,
