@@ -18,13 +18,10 @@ from typing import Any
 
 import numpy as np
 from search_tasks import FAMILY_TASKS
+from tables import ablations_markdown, confirmation_markdown, families_markdown, fmt, wlt
 from targets import (
-    ABLATIONS,
     DEFAULT,
-    NO_CONFIRM,
     ORDER,
-    TUNED_ADAMW,
-    no_worse,
     paired_gain,
     suite_targets,
     summarise_ablations,
@@ -96,20 +93,9 @@ def summarise(task: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
             "confirmation": summarise_confirmation(views, maximize)}
 
 
-def _fmt(x: float | None) -> str:
-    """4 significant digits; ``diverged`` for an infinite mean (a retrain diverged); ``-``: nothing measured."""
-    if x is None or math.isnan(x):
-        return "-"
-    return f"{x:.4g}" if math.isfinite(x) else "diverged"
-
-
 def _paired(views: dict[str, Any], maximize: bool, name: str) -> str:
     """The default against ``name``, seed by seed on the per-seed retrained means: wins / losses / ties."""
-    return _wlt(paired_gain(views[DEFAULT]["per_seed"], views[name]["per_seed"], maximize))
-
-
-def _wlt(paired: dict[str, Any]) -> str:
-    return f"{paired['wins']} / {paired['losses']} / {paired['ties']}"
+    return wlt(paired_gain(views[DEFAULT]["per_seed"], views[name]["per_seed"], maximize))
 
 
 def markdown(s: dict[str, Any]) -> str:
@@ -123,8 +109,8 @@ def markdown(s: dict[str, Any]) -> str:
         paired = _paired(s["views"], s["maximize"], name) if name != DEFAULT and DEFAULT in s["views"] else ""
         label = f"**{name}**" if name == DEFAULT else name
         diverged = f" ({v['diverged']} of {v['retrains']} retrains)" if v["diverged"] else ""
-        lines.append(f"| {label} | **{_fmt(v['retrained'])}**{diverged} | {_fmt(v['spread'])} | "
-                     f"{_fmt(v['recorded'])} | {_fmt(v['optimism'])} | {v['epochs']:.2f} | {v['wall']:.1f} | "
+        lines.append(f"| {label} | **{fmt(v['retrained'])}**{diverged} | {fmt(v['spread'])} | "
+                     f"{fmt(v['recorded'])} | {fmt(v['optimism'])} | {v['epochs']:.2f} | {v['wall']:.1f} | "
                      f"{paired} |")
     if s["targets"]:
         counted = " (not counted: a family task)" if s["family"] else ""
@@ -135,7 +121,7 @@ def markdown(s: dict[str, Any]) -> str:
         lines += ["", "Each textbook configuration, retrained (values pooled over every fresh seed):", "",
                   "| configuration | retrained mean | seed spread (std) | values | recorded mean |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {label} | {_fmt(c['retrained'])} | {_fmt(c['spread'])} | {c['values']} | {_fmt(c['recorded'])} |"
+        lines += [f"| {label} | {fmt(c['retrained'])} | {fmt(c['spread'])} | {c['values']} | {fmt(c['recorded'])} |"
                   for label, c in s["textbook"].items()]
     if s["anytime"]:
         counts = sorted({int(n) for by_n in s["anytime"].values() for n in by_n})
@@ -144,13 +130,13 @@ def markdown(s: dict[str, Any]) -> str:
                   f"seeds {seeds}:", "", "| arm | " + " | ".join(f"@{n}" for n in counts) + " |",
                   "|---|" + "---|" * len(counts)]
         for arm, by_n in s["anytime"].items():
-            cells = [f"{_fmt(by_n[str(n)]['retrained'])} ({by_n[str(n)]['epochs']:.2f})" if str(n) in by_n else ""
+            cells = [f"{fmt(by_n[str(n)]['retrained'])} ({by_n[str(n)]['epochs']:.2f})" if str(n) in by_n else ""
                      for n in counts]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines += ["", "Secondary: the best recorded value after n trials (median over search seeds; what issue 13 "
               "measured):", "", "| arm | best@10 | best@25 | best@100 |", "|---|---|---|---|"]
     for arm, r in s["recorded_best"].items():
-        lines.append(f"| {arm} | " + " | ".join(_fmt(r["at"].get(n)) for n in (10, 25, 100)) + " |")
+        lines.append(f"| {arm} | " + " | ".join(fmt(r["at"].get(n)) for n in (10, 25, 100)) + " |")
     return "\n".join([*lines, ""])
 
 
@@ -161,22 +147,15 @@ def _task_verdicts(s: dict[str, Any]) -> list[str]:
     out = [f"T-win {VERDICT[t['T-win']]}" + (f" (beaten by {', '.join(_margin(s, a) for a in t['beaten_by'])})"
                                              if t["beaten_by"] else f" (against {', '.join(t['compared'])})")]
     if "textbook_floor" in t:
-        out.append(f"T-textbook {VERDICT[t['T-textbook']]} ({_fmt(ours['retrained'])} {side} textbook "
-                   f"{_fmt(s['views']['textbook']['retrained'])} {'-' if s['maximize'] else '+'} its seed spread "
-                   f"{_fmt(t['textbook_spread'])})")
+        out.append(f"T-textbook {VERDICT[t['T-textbook']]} ({fmt(ours['retrained'])} {side} textbook "
+                   f"{fmt(s['views']['textbook']['retrained'])} {'-' if s['maximize'] else '+'} its seed spread "
+                   f"{fmt(t['textbook_spread'])})")
     out.append(f"T-epochs {VERDICT[t['T-epochs']]} ({ours['epochs']:.2f} <= 0.50)")
     if "optimism_limit" in t:
-        limit = (_fmt(t["optimism_limit"]) if math.isfinite(t["optimism_limit"]) else
+        limit = (fmt(t["optimism_limit"]) if math.isfinite(t["optimism_limit"]) else
                  "no limit: a retrain of random@25's choice diverged")
-        out.append(f"T-optimism {VERDICT[t['T-optimism']]} ({_fmt(ours['optimism'])} <= {limit})")
+        out.append(f"T-optimism {VERDICT[t['T-optimism']]} ({fmt(ours['optimism'])} <= {limit})")
     return out
-
-
-def _t(paired: dict[str, Any]) -> str:
-    """``, t = x``: a paired gain over its standard error across the seeds; nothing where it has none."""
-    n, spread = len(paired["seeds"]), paired["spread"]
-    ok = n > 1 and math.isfinite(paired["gain"]) and math.isfinite(spread) and spread > 0
-    return f", t = {paired['gain'] / (spread / math.sqrt(n)):+.1f}" if ok else ""
 
 
 def _margin(s: dict[str, Any], arm: str) -> str:
@@ -187,7 +166,7 @@ def _margin(s: dict[str, Any], arm: str) -> str:
     if n < 2 or not (math.isfinite(mean) and math.isfinite(spread)) or spread == 0:
         return arm
     se = spread / math.sqrt(n)
-    return f"{arm} by {_fmt(mean)} ± {_fmt(se)}, t = {mean / se:.1f}"
+    return f"{arm} by {fmt(mean)} ± {fmt(se)}, t = {mean / se:.1f}"
 
 
 def pair_markdown(p: dict[str, Any]) -> str:
@@ -199,12 +178,12 @@ def pair_markdown(p: dict[str, Any]) -> str:
                   "warm: epochs / 25 full |", "|---|---|---|---|---|"]
         for n in counts:
             cold, warm = p["cold"].get(str(n)), p["warm"].get(str(n))
-            lines.append(f"| {n} | {_fmt(cold and cold['retrained'])} | {_share(cold)} | "
-                         f"{_fmt(warm and warm['retrained'])} | {_share(warm)} |")
-    reach = (f"warm reaches the cold final {_fmt(p['cold_final'])} after {p['reached_at']} trials "
+            lines.append(f"| {n} | {fmt(cold and cold['retrained'])} | {_share(cold)} | "
+                         f"{fmt(warm and warm['retrained'])} | {_share(warm)} |")
+    reach = (f"warm reaches the cold final {fmt(p['cold_final'])} after {p['reached_at']} trials "
              f"({p['warm'][p['reached_at']]['epochs']:.2f} of 25 full trials' epochs; a third of cold's: "
              f"{p['warm_budget']:.2f})" if p.get("reached_at") else
-             f"warm does not reach the cold final {_fmt(p['cold_final'])}" if "cold_final" in p else "not measured")
+             f"warm does not reach the cold final {fmt(p['cold_final'])}" if "cold_final" in p else "not measured")
     lines += ["", f"T-warm {VERDICT[p['T-warm']]}: {reach}", *[f"Note: {n}" for n in p["skipped"]]]
     return "\n".join([*lines, ""])
 
@@ -303,86 +282,6 @@ def report(results: Path, tasks: list[str] | None = None,
            "families": families, "confirmation": confirmation, "ablations": ablations, "win_counts": win_counts(base)}
     (results / "summary.json").write_text(json.dumps(_jsonable(out), indent=1))
     return text, out
-
-
-def families_markdown(families: dict[str, Any], summaries: dict[str, Any]) -> list[str]:
-    """Issue 22's table: per task that searches several families, the family the default returns on each search
-    seed and its gain over tuned AdamW, retrained."""
-    if not families:
-        return []
-    lines = ["## Families: which optimizer the default returns, and its gain over tuned AdamW", "",
-             f"`{TUNED_ADAMW}` is the default search restricted to `search.optimizers: [adamw]` (what a user who tunes "
-             "only AdamW gets). Gain: the default's retrained mean minus tuned AdamW's, signed so that positive means "
-             "the default is better (mean over search seeds); spread: the std of the per-seed gains.", "",
-             "| task (metric) | the default's family, by search seed | default retrained | tuned AdamW retrained | "
-             "gain | spread | default W / L / T |", "|---|---|---|---|---|---|---|"]
-    for task, f in families.items():
-        chosen = ", ".join(f"{seed}: {family}" for seed, family in sorted(f["families"].items()))
-        lines.append(f"| {task} ({summaries[task]['metric']}) | {chosen} | {_fmt(f['default'])} | "
-                     f"{_fmt(f['tuned_adamw'])} | {_signed(f['gain'])} | {_fmt(f['spread'])} | {_wlt(f)} |")
-    return [*lines, ""]
-
-
-def confirmation_markdown(confirmation: dict[str, Any], summaries: dict[str, Any]) -> list[str]:
-    """Issue 23's item 2: each confirmation setting against the default without confirmation, per task, and on how
-    many tasks its retrained mean is better, worse or tied."""
-    if not confirmation:
-        return []
-    lines = ["## Confirmation settings against no confirmation", "",
-             f"Each setting (configurations x new seeds, inside the 25 trials) against `{NO_CONFIRM}`, seed by seed. "
-             "Gain: retrained mean minus no confirmation's, positive when confirming is better; spread: the std of "
-             "the per-seed gains.", "",
-             "| task | setting | retrained mean | no confirmation | gain | spread | W / L / T | epochs / 25 full "
-             "(no confirmation's) |", "|---|---|---|---|---|---|---|---|"]
-    tally: dict[str, list[int]] = {}
-    for task, by_arm in confirmation.items():
-        for c in by_arm.values():
-            lines.append(f"| {task} | {c['setting']} | {_fmt(c['retrained'])} | {_fmt(c['no_confirm'])} | "
-                         f"{_signed(c['gain'])} | {_fmt(c['spread'])} | {_wlt(c)} | {c['epochs']:.2f} "
-                         f"({c['no_confirm_epochs']:.2f}) |")
-            maximize = summaries[task]["maximize"]
-            better, worse = (no_worse(c["retrained"], c["no_confirm"], maximize),
-                             no_worse(c["no_confirm"], c["retrained"], maximize))
-            counts = tally.setdefault(c["setting"], [0, 0, 0])
-            counts[0 if better and not worse else 1 if worse and not better else 2] += 1
-    lines += [""] + [f"- {setting}: retrained mean better than no confirmation on {b} of {b + w + t} tasks, worse on "
-                     f"{w}, tied on {t}." for setting, (b, w, t) in tally.items()]
-    return [*lines, ""]
-
-
-def ablations_markdown(ablations: dict[str, Any], base: dict[str, Any]) -> list[str]:
-    """The variants of the default, one setting changed each, on the base tasks: what each retrains to, at what
-    epochs, against the default seed by seed, and on how many tasks T-win would hold with it in the default's place;
-    random@12 (random search on about the default's epochs) beside them."""
-    if not ablations:
-        return []
-    tasks = [t for t in base if any(t in per_task for per_task in ablations.values())]
-    lines = ["## Variants of the default, one setting changed each", "",
-             "Cell: retrained mean (epochs / 25 full; the variant's wins / losses / ties against the default, seed "
-             "by seed, and t, its mean gain over the standard error), `*` where T-win "
-             "would hold with the variant in the default's place (against the same arms: random@25, textbook, "
-             "optuna-oob, syne-tune-asha, lrsearch-confirm-2x1).", "",
-             "| variant | " + " | ".join(tasks) + " | T-win would hold on |", "|---" * (len(tasks) + 2) + "|"]
-
-    def cell(view: dict[str, Any] | None, mark: bool, paired: str) -> str:
-        return "-" if view is None else f"{_fmt(view['retrained'])}{'*' if mark else ''} ({view['epochs']:.2f}{paired})"
-
-    default = [cell(base[t]["views"].get(DEFAULT), bool(base[t]["targets"].get("T-win")), "") for t in tasks]
-    held = sum(bool(base[t]["targets"].get("T-win")) for t in tasks)
-    lines.append(f"| **the default** | {' | '.join(default)} | {held} of {len(tasks)} |")
-    for arm, per_task in ablations.items():
-        cells = [cell(base[t]["views"].get(arm), per_task[t]["t_win"], f"; {_wlt(per_task[t])}{_t(per_task[t])}")
-                 if t in per_task else "-" for t in tasks]
-        wins = sum(c["t_win"] for c in per_task.values())
-        lines.append(f"| {ABLATIONS[arm]} (`{arm}`) | {' | '.join(cells)} | {wins} of {len(per_task)} |")
-    reference = [cell(base[t]["views"].get("random@12"), False, "") for t in tasks]
-    lines.append(f"| random@12 (reference: random search on about the default's epochs) | {' | '.join(reference)} "
-                 "| |")
-    return [*lines, ""]
-
-
-def _signed(x: float | None) -> str:
-    return "-" if x is None or math.isnan(x) else f"{x:+.4g}" if math.isfinite(x) else "diverged"
 
 
 def _where(summaries: dict[str, Any], target: str) -> str:
