@@ -1,8 +1,14 @@
-"""Shared fixtures: tiny studies on real SQLite files in tmp_path, run from tmp_path."""
+"""Shared fixtures: tiny studies on real SQLite files in tmp_path, run from tmp_path; waiting for a moment in a
+running ``tune`` and stopping it there."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +78,41 @@ def mlflow_uri(tmp_path: Path, empty_mlflow_store: Path) -> str:
     """This test's own MLflow tracking store, ``sqlite:///<tmp_path>/mlflow.db``: a copy of an empty migrated one."""
     shutil.copyfile(empty_mlflow_store, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _holds(seen: Any) -> bool:
+    return seen is not None and seen is not False
+
+
+def wait_for(process: subprocess.Popen, what: str, condition: Callable[[], Any], timeout: float = 300,
+             every: float = 0.02) -> Any:
+    """Look at ``condition`` while ``process`` runs until it returns something other than None or False (a trial
+    number may be 0), and return that; fail if the process exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"tune exited with {process.returncode} before {what}"
+        seen = condition()
+        if _holds(seen):
+            return seen
+        time.sleep(every)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def stop_when(process: subprocess.Popen, what: str, condition: Callable[[], Any], *, group: bool = False,
+              every: float = 0.02) -> Any:
+    """Stop ``process`` (SIGSTOP; with ``group``, its whole process group: its tracking process too) at a moment
+    ``condition`` holds, and return what it returned. It is looked at again once the process is stopped, so it still
+    holds when the caller kills or signals the process."""
+    def send(signum: int) -> None:
+        if group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+
+    while True:
+        wait_for(process, what, condition, every=every)
+        send(signal.SIGSTOP)
+        seen = condition()  # nothing moves while we look
+        if _holds(seen):
+            return seen
+        send(signal.SIGCONT)

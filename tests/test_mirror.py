@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import tiny_study, write_study
+from conftest import stop_when, tiny_study, wait_for, write_study
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
@@ -197,16 +197,6 @@ def _tracking_process(pid: int) -> int:
     pytest.fail("no tracking process")
 
 
-def _wait(process: subprocess.Popen, what: str, condition, timeout: float = 240, every: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"tune exited with {process.returncode} before {what}"
-        if condition():
-            return
-        time.sleep(every)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 class _Study:
     """One study that each run of ``tune`` extends, each run killed (its whole process group) at its own moment.
 
@@ -291,12 +281,7 @@ class _Study:
     def stop_when(self, process: subprocess.Popen, what: str, condition) -> None:
         """Stop the whole group at a moment ``condition`` holds, outside a write to the journal (a kill inside one
         leaves Optuna's lock file, which the next process waits 30 s to break)."""
-        while True:
-            _wait(process, what, condition)
-            os.killpg(process.pid, signal.SIGSTOP)
-            if condition() and not os.path.lexists(self.storage + ".lock"):  # nothing moves while we look
-                return
-            os.killpg(process.pid, signal.SIGCONT)
+        stop_when(process, what, lambda: condition() and not os.path.lexists(self.storage + ".lock"), group=True)
 
     def kill(self, process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)  # tune, its tracking process and all: nothing cleans up
@@ -339,7 +324,7 @@ def test_a_kill_of_the_whole_group_at_any_moment_is_repaired_by_one_rerun_or_one
     # the first one trains while the tracking process reconciles MLflow with the study.
     last = len(study.trials()) + 1
     process = study.start(5)
-    _wait(process, f"trial {last}'s run", lambda: study.created(last), every=0.05)
+    wait_for(process, f"trial {last}'s run", lambda: study.created(last), every=0.05)
     with study.mlflow_locked():  # tune has all it needs from the tracking process: the run id
         assert study.run(last).info.status == "RUNNING", "the trial ended before the test could hold MLflow back"
         study.stop_when(process, f"trial {last} told", lambda: study.done() == 5)
@@ -361,7 +346,7 @@ def test_a_kill_of_the_whole_group_at_any_moment_is_repaired_by_one_rerun_or_one
     written = best.stat().st_mtime_ns
     process = study.start(6)
     tracking = _tracking_process(process.pid)
-    _wait(process, "best_optimizer.json rewritten", lambda: best.stat().st_mtime_ns != written, every=0.005)
+    wait_for(process, "best_optimizer.json rewritten", lambda: best.stat().st_mtime_ns != written, every=0.005)
     os.kill(tracking, signal.SIGSTOP)
     assert study.done() == 6
     plots = [p.stat().st_mtime_ns for p in (artifacts / "plots").iterdir()]

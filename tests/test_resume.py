@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import tiny_study, write_study
+from conftest import stop_when, tiny_study, write_study
 from mlflow import MlflowClient
 
 from lrsearch.cli import cli
@@ -66,19 +65,8 @@ def _mid_trial(storage: str, seen: set[int], min_complete: int) -> int | None:
 
 
 def _stop_mid_trial(process: subprocess.Popen, storage: str, seen: set[int], min_complete: int = 0) -> int:
-    """Stop this process (SIGSTOP) in the middle of a trial it started; returns the trial's number. The storage is
-    read again once the process is stopped, so the trial is still mid-way when the caller kills or signals it."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"tune exited early with {process.returncode}"
-        if _mid_trial(storage, seen, min_complete) is not None:
-            process.send_signal(signal.SIGSTOP)
-            number = _mid_trial(storage, seen, min_complete)
-            if number is not None:
-                return number
-            process.send_signal(signal.SIGCONT)
-        time.sleep(0.05)
-    pytest.fail("no trial mid-way within 300 s")
+    """Stop this process in the middle of a trial it started, none of ``seen``; returns the trial's number."""
+    return stop_when(process, "a trial mid-way", lambda: _mid_trial(storage, seen, min_complete), every=0.05)
 
 
 def test_kill_9_three_times_then_resume_loses_nothing(tmp_path, mlflow_uri) -> None:
